@@ -1,0 +1,1 @@
+"""scalinglab: neural scaling-law experiments in JAX."""

@@ -1,0 +1,329 @@
+"""Typed configuration: the trial schema, validated once at the edge (YAML, CLI, Python).
+
+Every model is strict (`extra="forbid"`), so a misspelt key is an error that names the
+file, the line and the field, and lists what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
+ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
+
+# One size table (STYLE.md #5): a config may name a size instead of its dimensions.
+# Widths double every two steps; depth grows slowly, heads keep d_head = 64 above "small".
+GPT_SIZES: dict[str, dict[str, int]] = {
+    "nano": {"n_layer": 2, "d_model": 64, "n_head": 2},
+    "micro": {"n_layer": 2, "d_model": 96, "n_head": 2},
+    "tiny": {"n_layer": 3, "d_model": 128, "n_head": 2},
+    "mini": {"n_layer": 4, "d_model": 192, "n_head": 3},
+    "small": {"n_layer": 4, "d_model": 256, "n_head": 4},
+    "medium": {"n_layer": 6, "d_model": 384, "n_head": 6},
+    "base": {"n_layer": 8, "d_model": 512, "n_head": 8},
+    "large": {"n_layer": 12, "d_model": 768, "n_head": 12},
+    "xl": {"n_layer": 24, "d_model": 1024, "n_head": 16},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture of one model; `size` (from GPT_SIZES) overrides n_layer/d_model/n_head."""
+
+    family: Literal["gpt"] = "gpt"
+    size: str | None = None
+    n_layer: int = Field(2, ge=1)
+    d_model: int = Field(64, ge=1)
+    n_head: int = Field(2, ge=1)
+    d_ff: int | None = Field(None, ge=1)
+    activation: Activation = "gelu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    parametrization: Literal["standard", "mup"] = "standard"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    vocab_size: int = Field(256, ge=2)
+    positions: Literal["learned", "rotary"] = "learned"
+    tie_embeddings: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("size") is not None:
+            size = data["size"]
+            if size not in GPT_SIZES:
+                raise ValueError(f"unknown size {size!r}; allowed: {', '.join(GPT_SIZES)}")
+            data = {**data, **GPT_SIZES[size]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.positions == "rotary" and (self.d_model // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head dimension (d_model / n_head)")
+        return self
+
+    @property
+    def ff_dim(self) -> int:
+        """Hidden width of the feed-forward block."""
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+
+class SyntheticConfig(_Strict):
+    """A generated Markov language whose exact entropy rate is known in advance."""
+
+    vocab_size: int = Field(64, ge=2, le=65535)
+    order: int = Field(1, ge=1, le=3)  # tokens of context that determine the next-token law
+    branching: int = Field(8, ge=1)  # non-zero next-token choices per context
+    zipf_exponent: float = Field(1.1, gt=0.0)  # how skewed those choices are
+    n_tokens: int = Field(2_000_000, ge=1024)
+    seed: int = 0  # the language (its transition table); the trial seed only orders batches
+
+
+class DataConfig(_Strict):
+    """Where tokens come from, and how they are cut into sequences."""
+
+    source: Literal["stdlib", "text", "tokens", "synthetic"] = "stdlib"
+    seq_len: int = Field(64, ge=1)
+    path: str | None = None
+    val_frac: float = Field(0.02, gt=0.0, lt=0.5)
+    max_tokens: int | None = Field(None, ge=1)  # cap on the corpus read (stdlib/text)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _check_path(self) -> DataConfig:
+        if self.source in ("text", "tokens") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule; fractions are of the total number of steps."""
+
+    name: Literal["constant", "warmup_cosine", "wsd"] = "warmup_cosine"
+    warmup_frac: float = Field(0.05, ge=0.0, le=1.0)
+    final_lr_frac: float = Field(0.1, ge=0.0, le=1.0)
+    decay_frac: float = Field(0.2, ge=0.0, le=1.0)  # wsd: the share of steps spent decaying
+
+
+class OptimizerConfig(_Strict):
+    """An optax chain: clipping, the update rule, decoupled weight decay, schedule."""
+
+    name: Literal["sgd", "momentum", "adam", "adamw", "adafactor"] = "adamw"
+    lr: float = Field(3.0e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    clip_norm: float | None = Field(1.0, gt=0.0)
+    b1: float = Field(0.9, ge=0.0, lt=1.0)
+    b2: float = Field(0.95, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    # Parameter kinds that weight decay skips unless removed from this list.
+    decay_exclude: list[Literal["norm", "bias", "embedding"]] = ["norm", "bias", "embedding"]
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class BudgetConfig(_Strict):
+    """How long to train: exactly one of tokens, steps or FLOPs."""
+
+    tokens: float | None = Field(None, gt=0)
+    steps: int | None = Field(None, ge=1)
+    flops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetConfig:
+        given = [k for k in ("tokens", "steps", "flops") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"exactly one of tokens | steps | flops must be set (got {given or 'none'})"
+            )
+        return self
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when eval loss has not improved by min_delta for `patience` evaluations."""
+
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Strict):
+    """Batching, budget, evaluation, checkpointing and divergence rules."""
+
+    batch_size: int = Field(16, ge=1)
+    budget: BudgetConfig = BudgetConfig(tokens=1.0e6)
+    eval_every: int = Field(50, ge=1)
+    eval_tokens: int = Field(65536, ge=1)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    flop_counting: Literal["kaplan", "full"] = "kaplan"
+    # A train loss above divergence_factor * (initial loss) counts as a blow-up.
+    divergence_factor: float = Field(3.0, gt=1.0)
+
+
+class TrialConfig(_Strict):
+    """One fully resolved training run."""
+
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; the message names file, line, field and allowed values."""
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML document to its 1-based line number."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*path, str(key_node.value))
+                index[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                index[(*path, str(i))] = item.start_mark.line + 1
+                walk(item, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def format_validation_error(
+    err: ValidationError, source: str, lines: dict[tuple[str, ...], int] | None = None
+) -> str:
+    """One line per problem: `source:line: field: message`."""
+    out = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # pydantic puts union/literal tags in loc; keep only the path prefix that exists.
+        field = ".".join(loc) or "<root>"
+        line = None
+        if lines:
+            for k in range(len(loc), 0, -1):
+                if loc[:k] in lines:
+                    line = lines[loc[:k]]
+                    break
+        where = f"{source}:{line}" if line else source
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see DESIGN.md"
+            msg = f"unknown field; allowed: {allowed}"
+        elif e["type"] == "literal_error":
+            msg = "not allowed; " + msg.replace("Input should be", "expected")
+        out.append(f"{where}: {field}: {msg} (got {e.get('input')!r})")
+    return "\n".join(out)
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = TrialConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = getattr(ann, "__args__", (ann,))
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `data["a"]["b"] = value` for `dotted == "a.b"`, creating dicts on the way."""
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {p!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Parse `dotted.key=value` strings; values are read as YAML scalars (1e-3, true, [1, 2])."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Read a YAML mapping and its line index; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data, _line_index(text)
+
+
+def trial_from_dict(
+    data: dict[str, Any],
+    source: str = "<config>",
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: list[str] | None = None,
+) -> TrialConfig:
+    """Validate a mapping (plus `--set` overrides) into a TrialConfig, with located errors."""
+    data = copy.deepcopy(data)
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(data, key, value)
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, lines)) from None
+
+
+def load_trial(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+    """Load a trial YAML (or the shipped default when `path` is None) and apply overrides."""
+    if path is None:
+        path = default_config_path()
+    data, lines = load_yaml(path)
+    return trial_from_dict(data, str(path), lines, overrides)
+
+
+def default_config_path() -> Path:
+    """The trial config shipped with the package (`scalinglab train` with no file)."""
+    return Path(__file__).parent / "defaults" / "trial.yaml"
+
+
+def dump_trial(cfg: TrialConfig) -> str:
+    """The fully resolved config as YAML (what a run directory's config.yaml holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
