@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
@@ -50,17 +57,24 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     vocab_size: int = Field(256, ge=2)
     positions: Literal["learned", "rotary"] = "learned"
+    # Rows of the learned position table; None: the trial's data.seq_len (TrialConfig fills it).
+    max_seq_len: int | None = Field(None, ge=1)
     tie_embeddings: bool = True
 
     @model_validator(mode="before")
     @classmethod
     def _expand_size(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("size") is not None:
-            size = data["size"]
-            if size not in GPT_SIZES:
-                raise ValueError(f"unknown size {size!r}; allowed: {', '.join(GPT_SIZES)}")
-            data = {**data, **GPT_SIZES[size]}
+        # Unknown names are reported by the field validator below, located at model.size.
+        if isinstance(data, dict) and data.get("size") in GPT_SIZES:
+            data = {**data, **GPT_SIZES[data["size"]]}
         return data
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: str | None) -> str | None:
+        if size is not None and size not in GPT_SIZES:
+            raise ValueError(f"unknown size {size!r}; allowed: {', '.join(GPT_SIZES)}")
+        return size
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
@@ -181,6 +195,18 @@ class TrialConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _fill_max_seq_len(self) -> TrialConfig:
+        # The learned position table is sized to the data unless the config says otherwise.
+        if self.model.max_seq_len is None:
+            self.model.max_seq_len = self.data.seq_len
+        elif self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len "
+                f"({self.model.max_seq_len})"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """A config that failed validation; the message names file, line, field and allowed values."""
@@ -245,7 +271,9 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
             return None
         ann = field.annotation
         candidates = getattr(ann, "__args__", (ann,))
-        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        sub = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if sub is None:
             return None
         model = sub
