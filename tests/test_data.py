@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -96,6 +97,7 @@ def test_synthetic_dataset_reports_entropy_and_is_deterministic():
     assert a.vocab_size == 64 and a.info["entropy_rate_nats"] == pytest.approx(1.8311841686)
     assert a.info["loss_floor_nats"] == a.info["entropy_rate_nats"]  # order 1
     assert a.info["sha256"] == b.info["sha256"]
+    json.dumps(a.info)  # goes into the run summary
     np.testing.assert_array_equal(a.train, b.train)
     np.testing.assert_array_equal(a.train_batch(7, 4, seed=3), b.train_batch(7, 4, seed=3))
     other = build_dataset(cfg.model_copy(update={"synthetic": SyntheticConfig(seed=1)}))
@@ -168,6 +170,7 @@ def test_stdlib_corpus_sorted_and_hashed():
     a, b = build_dataset(cfg), build_dataset(cfg)
     assert a.vocab_size == 256 and a.info["n_tokens"] == 300_000
     assert a.info["sha256"] == b.info["sha256"] and a.info["files"] > 1
+    json.dumps(a.info)  # goes into the run summary
     files = text._walk(text.stdlib_dir(), ".py", text._INSTALLED)
     expected = b"\n".join(p.read_bytes() for p in files[: a.info["files"]])[:300_000]
     assert np.concatenate([a.train, a.val]).tobytes() == expected

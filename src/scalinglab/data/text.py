@@ -56,14 +56,16 @@ def _walk(root: Path, suffix: str = "", skip_dirs: frozenset[str] = frozenset())
     return [path for _, path in found]
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, field: str = "data.path") -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise DataError(f"data.path: cannot read {path} ({e.strerror})") from None
+        raise DataError(f"{field}: cannot read {path} ({e.strerror})") from None
 
 
-def _concat(paths: list[Path], max_tokens: int | None, skip_binary: bool) -> tuple[bytes, int, int]:
+def _concat(
+    paths: list[Path], max_tokens: int | None, skip_binary: bool, field: str = "data.path"
+) -> tuple[bytes, int, int]:
     """Concatenate files (FILE_SEPARATOR between them) up to `max_tokens` bytes.
 
     Returns (bytes, files used, binary files skipped); reading stops once the cap is met.
@@ -73,7 +75,7 @@ def _concat(paths: list[Path], max_tokens: int | None, skip_binary: bool) -> tup
     for path in paths:
         if max_tokens is not None and total >= max_tokens:
             break
-        data = _read(path)
+        data = _read(path, field)
         if skip_binary and b"\0" in data[:_BINARY_PROBE]:
             skipped += 1
             continue
@@ -98,7 +100,7 @@ def stdlib_corpus(cfg: DataConfig) -> Corpus:
             f"data.source: stdlib found no Python source files under {root} (this Python "
             "ships none); use data.source: synthetic"
         )
-    data, used, _ = _concat(paths, cfg.max_tokens, skip_binary=False)
+    data, used, _ = _concat(paths, cfg.max_tokens, skip_binary=False, field="data.source")
     info = {
         "source": "stdlib",
         "path": str(root),
