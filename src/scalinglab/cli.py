@@ -1,0 +1,129 @@
+"""The `scalinglab` command: parses arguments and calls the library; it decides nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+app = typer.Typer(
+    help="Neural scaling-law experiments in JAX.", no_args_is_help=True, add_completion=False
+)
+err = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Train trials and sweeps, fit scaling laws, plot and report them."""
+
+
+# Errors that are the user's input, printed as one line without a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _TrainProgress:
+    """Rich progress bar fed by run_trial's progress events."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self.task: Any = None
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "start":
+            self.task = self.bar.add_task(
+                "train", total=ev["total_steps"], completed=ev["step"], info=""
+            )
+            err.print(
+                f"params: total {ev['total']:,}  non-embedding {ev['non_embedding']:,}  "
+                f"embedding {ev['embedding']:,}"
+            )
+            return
+        parts = []
+        if "train_loss" in ev:
+            parts.append(f"loss {ev['train_loss']:.3f}")
+        if "eval_loss" in ev:
+            parts.append(f"eval {ev['eval_loss']:.3f}")
+        if "tokens_per_s" in ev:
+            parts.append(f"{ev['tokens_per_s']:,.0f} tok/s")
+        self.bar.update(self.task, completed=ev["step"], info="  ".join(parts))
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Argument(help="Trial YAML; omitted: the shipped default config.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path(
+        "runs/default"
+    ),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: dotted.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Train one trial; re-running on the same --out resumes from the latest checkpoint."""
+    from scalinglab.config import load_trial
+    from scalinglab.train import TrialInterrupted, run_trial
+
+    try:
+        cfg = load_trial(config, set_ or [])
+    except USER_ERRORS as e:
+        _fail(e)
+    bar = _TrainProgress()
+    try:
+        with bar.bar:
+            summary = run_trial(cfg, out, progress=bar)
+    except TrialInterrupted as e:
+        err.print(f"[yellow]{e}[/]; re-run the same command to resume")
+        raise typer.Exit(130) from None
+    except USER_ERRORS as e:
+        _fail(e)
+    loss = summary.get("final_eval_loss")
+    err.print(
+        f"[bold]{summary['status']}[/]: {summary['steps']} steps, D={summary['D']:.3g} tokens, "
+        f"C={summary['C']:.3g} FLOPs, eval loss "
+        + (f"{loss:.4f}" if loss is not None else "n/a")
+        + (f"  ({summary['diverged']})" if summary.get("diverged") else "")
+        + f"\nrun directory: {out}"
+    )
+
+
+def _register_analysis() -> None:
+    """Add `fit` and `plot` from the analysis module when it is present."""
+    try:
+        from scalinglab.analysis.cli import fit_cmd, plot_cmd
+    except ImportError:
+        return
+    app.command("fit")(fit_cmd)
+    app.command("plot")(plot_cmd)
+
+
+_register_analysis()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""Model registry (`build_model`) and parameter counting from a parameter pytree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from scalinglab.config import ModelConfig
+from scalinglab.models.gpt import GPT
+
+_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {"gpt": GPT}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The Flax module for `cfg.family`; an unknown family is an error listing the allowed."""
+    if cfg.family not in _REGISTRY:
+        raise ValueError(f"unknown model.family {cfg.family!r}; allowed: {', '.join(_REGISTRY)}")
+    if cfg.parametrization != "standard":
+        raise NotImplementedError(
+            f"model.parametrization: {cfg.parametrization} is not implemented yet; "
+            "allowed: standard"
+        )
+    return _REGISTRY[cfg.family](cfg)
+
+
+def is_embedding_path(path: str) -> bool:
+    """Whether a '/'-joined parameter path is an (un)embedding matrix.
+
+    Token and position embeddings (`*embed*`) and an untied output head (`lm_head`) count as
+    embedding parameters, so tying or untying the head leaves the non-embedding count unchanged.
+    """
+    return "embed" in path or path.startswith("lm_head") or "/lm_head" in path
+
+
+def count_params(params: Any) -> dict[str, int]:
+    """Total, embedding and non-embedding parameter counts of a parameter pytree.
+
+    Non-embedding follows Kaplan et al. (2020): every parameter except the token embedding,
+    the position embedding and the unembedding (the untied `lm_head`; a tied head shares the
+    token embedding). LayerNorm parameters and biases count as non-embedding.
+    """
+    if isinstance(params, dict) and set(params) == {"params"}:
+        params = params["params"]
+    counts = {"total": 0, "embedding": 0, "non_embedding": 0}
+    for key_path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        path = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+        n = int(np.prod(leaf.shape))
+        counts["total"] += n
+        counts["embedding" if is_embedding_path(path) else "non_embedding"] += n
+    return counts
+
+
+__all__ = ["GPT", "build_model", "count_params", "is_embedding_path"]

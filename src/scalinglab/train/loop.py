@@ -1,0 +1,342 @@
+"""`run_trial(cfg, run_dir)`: train one config to its budget, writing the run directory.
+
+Resuming is exact: batches are a pure function of (seed, step), the dropout key is folded
+with the step, and the host-side bookkeeping (losses since the last log point, early-stopping
+counters, divergence reference, wall time) is checkpointed with the state. On resume,
+metrics.jsonl is cut back to the restored step, so the file ends up identical (but for
+wall-clock fields) to that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from scalinglab import flops as flops_mod
+from scalinglab import runfiles as rf
+from scalinglab.config import TrialConfig, dump_trial
+from scalinglab.data import build_dataset
+from scalinglab.models import build_model, count_params
+from scalinglab.optim import build_optimizer
+from scalinglab.train import checkpoint as ckpt
+from scalinglab.train.state import abstract_state, init_state
+from scalinglab.train.step import eval_step, train_step
+
+# Fields of a metrics record that depend on the wall clock, not on the computation.
+WALL_CLOCK_FIELDS = ("wall_s", "tokens_per_s")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class TrialError(ValueError):
+    """A trial that cannot run as configured; the message names the field."""
+
+
+class TrialInterrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and re-running resumes from it."""
+
+
+def plan_steps(cfg: TrialConfig) -> int:
+    """Number of optimiser steps the budget buys (whole steps, never more than the budget)."""
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    budget = cfg.train.budget
+    if budget.steps is not None:
+        return budget.steps
+    if budget.tokens is not None:
+        tokens, what = budget.tokens, f"train.budget.tokens ({budget.tokens:g})"
+    else:
+        fpt = flops_mod.flops_per_token(cfg.model, cfg.data.seq_len, cfg.train.flop_counting)
+        tokens, what = budget.flops / fpt, f"train.budget.flops ({budget.flops:g})"
+    steps = int(tokens // tokens_per_step)
+    if steps < 1:
+        raise TrialError(
+            f"{what} is smaller than one step: one step of train.batch_size "
+            f"{cfg.train.batch_size} x data.seq_len {cfg.data.seq_len} is "
+            f"{tokens_per_step} tokens"
+            + (f" ({tokens_per_step * fpt:.3g} FLOPs)" if budget.flops is not None else "")
+        )
+    return steps
+
+
+@dataclass
+class _Host:
+    """Loop bookkeeping that lives on the host and is checkpointed as JSON."""
+
+    losses_since_log: list[float] = field(default_factory=list)
+    initial_loss: float | None = None
+    best_eval: float | None = None
+    last_eval: float | None = None
+    bad_evals: int = 0
+    wall_s: float = 0.0
+    data_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _status(run_dir: Path, status: str, **extra: Any) -> None:
+    old = rf.read_json(run_dir / rf.STATUS) or {}
+    rec = {"status": status, "attempts": old.get("attempts", 0), "error": None, **extra}
+    rec["updated"] = time.time()
+    rf.write_json(run_dir / rf.STATUS, rec)
+
+
+def _prepare_dir(cfg: TrialConfig, run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise rf.RunDirError(f"{run_dir}: cannot create run directory ({e.strerror})") from None
+    text = dump_trial(cfg)
+    existing = run_dir / rf.CONFIG
+    if existing.exists() and existing.read_text() != text:
+        raise TrialError(
+            f"{run_dir}: holds a different trial's config.yaml; choose another --out directory"
+        )
+    rf.atomic_write_text(existing, text)
+
+
+def run_trial(
+    cfg: TrialConfig,
+    run_dir: str | Path,
+    *,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train `cfg` in `run_dir` (resuming if it holds a checkpoint) and return the summary.
+
+    A finished trial (summary.json present) is not trained again. Bad input raises
+    TrialError/DataError before any compile; any failure is recorded in status.json.
+    """
+    run_dir = Path(run_dir)
+    _prepare_dir(cfg, run_dir)
+    done = rf.read_json(run_dir / rf.SUMMARY)
+    if done is not None:
+        return done
+    old = rf.read_json(run_dir / rf.STATUS) or {}
+    rf.write_json(
+        run_dir / rf.STATUS,
+        {
+            "status": "running",
+            "attempts": old.get("attempts", 0) + 1,
+            "error": None,
+            "updated": time.time(),
+        },
+    )
+    try:
+        return _train(cfg, run_dir, progress)
+    except TrialInterrupted:
+        raise
+    except BaseException as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _status(run_dir, "failed", error=f"{type(e).__name__}: {msg}")
+        raise
+
+
+def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict[str, Any]:
+    total_steps = plan_steps(cfg)
+    dataset = build_dataset(cfg.data)
+    if dataset.vocab_size > cfg.model.vocab_size:
+        raise TrialError(
+            f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the data's vocabulary "
+            f"({dataset.vocab_size})"
+        )
+    B, T = cfg.train.batch_size, cfg.data.seq_len
+    val = dataset.val_batches(B, cfg.train.eval_tokens)
+
+    model = build_model(cfg.model)
+    tx, schedule = build_optimizer(cfg.optimizer, total_steps)
+    root = jax.random.PRNGKey(cfg.seed)
+    init_key, dropout_key = jax.random.split(root)
+    use_dropout = cfg.model.dropout > 0
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, use_dropout=use_dropout),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+
+    manager = ckpt.open_manager(run_dir / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(manager, abstract_state(model, tx, T))
+    if restored is None:
+        state, host = init_state(model, tx, init_key, T), _Host()
+        records: list[dict[str, Any]] = []
+    else:
+        state, host_json = restored
+        host = _Host(**host_json)
+        records = [r for r in rf.read_jsonl(run_dir / rf.METRICS) if r["step"] <= int(state.step)]
+    rf.rewrite_jsonl(run_dir / rf.METRICS, records)
+    if host.data_sha256 not in (None, dataset.info.get("sha256")):
+        raise TrialError(
+            f"{run_dir}: checkpoint was trained on different data (sha256 "
+            f"{host.data_sha256[:12]}, now {str(dataset.info.get('sha256'))[:12]})"
+        )
+    host.data_sha256 = dataset.info.get("sha256")
+
+    counts = count_params(state.params)
+    fpt = flops_mod.flops_per_token(cfg.model, T, cfg.train.flop_counting)
+    tokens_per_step = B * T
+    step = int(state.step)
+    if progress:
+        progress({"event": "start", "step": step, "total_steps": total_steps, **counts})
+
+    outcome, diverged_at = "done", None
+    log_t0, log_step0, t_resume, wall0 = time.perf_counter(), step, time.perf_counter(), host.wall_s
+
+    def wall() -> float:
+        return wall0 + time.perf_counter() - t_resume
+
+    def record(s: int, **values: Any) -> dict[str, Any]:
+        tokens = s * tokens_per_step
+        return {"step": s, "tokens": tokens, "flops": fpt * tokens, **values}
+
+    def check(s: int, loss: float) -> str | None:
+        """Divergence: a non-finite loss, or one far above the first step's."""
+        if not math.isfinite(loss):
+            return f"non-finite train loss at step {s}"
+        if host.initial_loss is None:
+            host.initial_loss = loss
+        elif loss > cfg.train.divergence_factor * host.initial_loss:
+            return (
+                f"train loss {loss:.4g} at step {s} exceeds {cfg.train.divergence_factor:g}x "
+                f"the initial {host.initial_loss:.4g}"
+            )
+        return None
+
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    reason = None
+    with _StopFlag() as stop:
+        while step < total_steps:
+            batch = dataset.train_batch(step, B, cfg.seed)
+            state, metrics = step_fn(state, batch, dropout_key)
+            step += 1
+            # Read the previous step's loss while this one runs (host/device overlap).
+            if pending is not None:
+                reason = check(pending[0], float(pending[1]["loss"]))
+                host.losses_since_log.append(float(pending[1]["loss"]))
+                pending = None
+                if reason:
+                    diverged_at = step - 1
+                    break
+            pending = (step, metrics)
+            is_log = step % cfg.train.log_every == 0 or step == total_steps
+            is_eval = step % cfg.train.eval_every == 0 or step == total_steps
+            is_ckpt = step % cfg.train.checkpoint_every == 0
+            if not (is_log or is_eval or is_ckpt or stop.signum):
+                continue
+            loss = float(metrics["loss"])
+            pending = None
+            reason = check(step, loss)
+            host.losses_since_log.append(loss)
+            if reason:
+                diverged_at = step
+                break
+            rec: dict[str, Any] = {}
+            if is_log:
+                now = time.perf_counter()
+                rec["train_loss"] = float(np.mean(host.losses_since_log))
+                rec["grad_norm"] = float(metrics["grad_norm"])
+                rec["lr"] = float(schedule(step - 1))
+                rec["tokens_per_s"] = (step - log_step0) * tokens_per_step / (now - log_t0)
+                host.losses_since_log = []
+                log_t0, log_step0 = now, step
+            if is_eval:
+                ev = float(np.mean([float(eval_fn(state.params, b)) for b in val]))
+                rec["eval_loss"] = ev
+                host.last_eval = ev
+                if not math.isfinite(ev):
+                    reason, diverged_at = f"non-finite eval loss at step {step}", step
+                improved = host.best_eval is None or ev < host.best_eval - (
+                    cfg.train.early_stopping.min_delta if cfg.train.early_stopping else 0.0
+                )
+                if improved:
+                    host.best_eval, host.bad_evals = ev, 0
+                else:
+                    host.bad_evals += 1
+            if rec:
+                rec = record(step, **rec, wall_s=wall())
+                rf.append_jsonl(run_dir / rf.METRICS, [rec])
+                if progress:
+                    progress({"event": "log", "total_steps": total_steps, **rec})
+            if reason:
+                break
+            es = cfg.train.early_stopping
+            if is_eval and es is not None and host.bad_evals >= es.patience:
+                outcome = "stopped_early"
+                break
+            if is_ckpt or stop.signum:
+                host.wall_s = wall()
+                ckpt.save(manager, state, host.to_json())
+            if stop.signum:
+                _status(
+                    run_dir,
+                    "interrupted",
+                    step=step,
+                    total_steps=total_steps,
+                    error=f"signal {stop.signum} at step {step}; re-run to resume",
+                )
+                manager.close()
+                raise TrialInterrupted(f"interrupted at step {step}; checkpoint saved")
+
+    if reason:
+        outcome = "diverged"
+        rf.append_jsonl(run_dir / rf.METRICS, [record(diverged_at, diverged=reason)])
+    host.wall_s = wall()
+    if outcome != "diverged":
+        ckpt.save(manager, state, host.to_json())
+    manager.close()
+
+    tokens = step * tokens_per_step
+    summary = {
+        "status": outcome,
+        "N": counts["total"],
+        "N_nonembed": counts["non_embedding"],
+        "N_embed": counts["embedding"],
+        "D": tokens,
+        "C": fpt * tokens,
+        "flop_counting": cfg.train.flop_counting,
+        "flops_per_token": fpt,
+        "steps": step,
+        "planned_steps": total_steps,
+        "final_eval_loss": host.last_eval,
+        "best_eval_loss": host.best_eval,
+        "diverged": reason,
+        "diverged_step": diverged_at,
+        "wall_s": host.wall_s,
+        "seed": cfg.seed,
+        "data": dataset.info,
+    }
+    metrics = rf.read_jsonl(run_dir / rf.METRICS)
+    train_losses = [r["train_loss"] for r in metrics if "train_loss" in r]
+    summary["final_train_loss"] = train_losses[-1] if train_losses else None
+    _status(run_dir, outcome, step=step, total_steps=total_steps, error=reason)
+    rf.write_json(run_dir / rf.SUMMARY, summary)
+    return summary

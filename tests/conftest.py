@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny trial configs that train in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scalinglab.config import TrialConfig, trial_from_dict
+
+
+def tiny_trial(**overrides: Any) -> TrialConfig:
+    """A 1-layer, 32-wide GPT on a small synthetic language; `overrides` are dotted keys."""
+    base: dict[str, Any] = {
+        "seed": 0,
+        "model": {"n_layer": 1, "d_model": 32, "n_head": 2, "vocab_size": 256},
+        "data": {
+            "source": "synthetic",
+            "seq_len": 32,
+            "synthetic": {"vocab_size": 32, "n_tokens": 60_000, "branching": 4},
+        },
+        "optimizer": {"name": "adamw", "lr": 1.0e-2},
+        "train": {
+            "batch_size": 8,
+            "budget": {"steps": 40},
+            "eval_every": 10,
+            "log_every": 5,
+            "eval_tokens": 2048,
+            "checkpoint_every": 10,
+        },
+    }
+    return trial_from_dict(base, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture
+def tiny() -> Any:
+    return tiny_trial

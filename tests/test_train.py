@@ -1,0 +1,271 @@
+"""The training engine end to end: run directory, resume, divergence, early stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tiny_trial
+from scalinglab import runfiles as rf
+from scalinglab.train import TrialError, plan_steps, run_trial
+from scalinglab.train.loop import WALL_CLOCK_FIELDS
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS}
+        for r in rf.read_jsonl(run_dir / rf.METRICS)
+    ]
+
+
+def test_run_directory_contract(tmp_path: Path) -> None:
+    cfg = tiny_trial()
+    summary = run_trial(cfg, tmp_path)
+    for name in (rf.CONFIG, rf.STATUS, rf.METRICS, rf.SUMMARY, rf.CHECKPOINTS):
+        assert (tmp_path / name).exists(), name
+    assert rf.read_json(tmp_path / rf.STATUS)["status"] == "done"
+    assert summary == rf.read_json(tmp_path / rf.SUMMARY)
+    assert summary["steps"] == 40 and summary["D"] == 40 * 8 * 32
+    assert summary["C"] == pytest.approx(6 * summary["N_nonembed"] * summary["D"])
+    assert summary["best_eval_loss"] <= summary["final_eval_loss"]
+    recs = rf.read_jsonl(tmp_path / rf.METRICS)
+    assert [r["step"] for r in recs if "eval_loss" in r] == [10, 20, 30, 40]
+    assert [r["step"] for r in recs if "train_loss" in r] == [5, 10, 15, 20, 25, 30, 35, 40]
+    first, last = recs[0], recs[-1]
+    assert last["train_loss"] < first["train_loss"]
+    assert {"step", "tokens", "flops", "lr", "wall_s"} <= set(first)
+    # A finished trial is not trained again.
+    assert run_trial(cfg, tmp_path) == summary
+
+
+def test_same_directory_refuses_another_config(tmp_path: Path) -> None:
+    run_trial(tiny_trial(), tmp_path)
+    with pytest.raises(TrialError, match="different trial"):
+        run_trial(tiny_trial(seed=1), tmp_path)
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    run_trial(tiny_trial(**{"model.dropout": 0.1}), ref)
+    part = tmp_path / "part"
+    cfg = tiny_trial(**{"model.dropout": 0.1})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_checkpoint(ev: dict) -> None:
+        if ev.get("step") == 25:  # after the checkpoint at 20, before the one at 30
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, part, progress=stop_after_checkpoint)
+    assert rf.read_json(part / rf.STATUS)["status"] == "failed"
+    assert max(r["step"] for r in rf.read_jsonl(part / rf.METRICS)) == 25
+    run_trial(cfg, part)
+    assert _metrics(part) == _metrics(ref)
+    assert rf.read_json(part / rf.STATUS)["attempts"] == 2
+
+
+def _cli(*args: str) -> list[str]:
+    """The installed console script, next to this interpreter."""
+    return [str(Path(sys.executable).parent / "scalinglab"), *args]
+
+
+TINY_SET = [
+    "--set",
+    "model.n_layer=1",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "model.n_head=2",
+    "--set",
+    "data.source=synthetic",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "data.synthetic={vocab_size: 32, n_tokens: 60000, branching: 4}",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.eval_tokens=2048",
+    "--set",
+    "train.log_every=5",
+    "--set",
+    "train.eval_every=10",
+]
+
+
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        ckpts = run_dir / rf.CHECKPOINTS
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_exactly(tmp_path: Path, sig: int) -> None:
+    """A real `scalinglab train` killed mid-run, then re-run, matches an uninterrupted run."""
+    args = [*TINY_SET, "--set", "train.budget={steps: 300}", "--set", "train.checkpoint_every=20"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cli("train", "--out", str(ref), *args), check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        _cli("train", "--out", str(run), *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_checkpoint(run, proc)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130
+        status = rf.read_json(run / rf.STATUS)
+        assert status["status"] == "interrupted"
+        assert not (run / rf.SUMMARY).exists()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (run / rf.SUMMARY).exists(), "killed too late to test a resume"
+    subprocess.run(_cli("train", "--out", str(run), *args), check=True, capture_output=True)
+    assert _metrics(run) == _metrics(ref)
+    a, b = rf.read_json(ref / rf.SUMMARY), rf.read_json(run / rf.SUMMARY)
+    assert {k: v for k, v in a.items() if k != "wall_s"} == {
+        k: v for k, v in b.items() if k != "wall_s"
+    }
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path) -> None:
+    cfg = tiny_trial()
+
+    class Stop(Exception):
+        pass
+
+    def stop(ev: dict) -> None:
+        if ev.get("step") == 35:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, tmp_path, progress=stop)
+    latest = tmp_path / rf.CHECKPOINTS / "30"
+    assert latest.is_dir()
+    for f in latest.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with pytest.warns(RuntimeWarning, match="step 30 is unreadable"):
+        summary = run_trial(cfg, tmp_path)
+    ref = run_trial(cfg, tmp_path / "ref")
+    assert summary["final_eval_loss"] == ref["final_eval_loss"]
+
+
+def test_divergence_is_recorded(tmp_path: Path) -> None:
+    cfg = tiny_trial(
+        **{"optimizer.name": "sgd", "optimizer.lr": 1.0e4, "optimizer.clip_norm": "null"}
+    )
+    summary = run_trial(cfg, tmp_path)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_step"] is not None and summary["diverged_step"] < 40
+    status = rf.read_json(tmp_path / rf.STATUS)
+    assert status["status"] == "diverged" and "step" in status["error"]
+    assert "diverged" in rf.read_jsonl(tmp_path / rf.METRICS)[-1]
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    cfg = tiny_trial(
+        **{
+            "optimizer.lr": 1.0e-9,
+            "train.early_stopping": "{patience: 2, min_delta: 0.01}",
+            "train.budget": "{steps: 100}",
+        }
+    )
+    summary = run_trial(cfg, tmp_path)
+    assert summary["status"] == "stopped_early"
+    # First eval sets the best; two more without improvement stop it at step 30.
+    assert summary["steps"] == 30
+
+
+def test_budgets_in_tokens_steps_flops() -> None:
+    from scalinglab.flops import flops_per_token
+
+    assert plan_steps(tiny_trial(**{"train.budget": "{tokens: 2560}"})) == 10
+    cfg = tiny_trial()
+    fpt = flops_per_token(cfg.model, 32, "kaplan")
+    flops_cfg = tiny_trial(**{"train.budget": f"{{flops: {fpt * 256 * 12.5}}}"})
+    assert plan_steps(flops_cfg) == 12
+    with pytest.raises(TrialError, match="train.budget.tokens .* smaller than one step"):
+        plan_steps(tiny_trial(**{"train.budget": "{tokens: 100}"}))
+
+
+def test_synthetic_language_approaches_its_entropy(tmp_path: Path) -> None:
+    """A small GPT learns an order-1 Markov language down to near its exact entropy rate."""
+    cfg = tiny_trial(
+        **{
+            "data.synthetic": "{vocab_size: 16, order: 1, branching: 3, n_tokens: 200000}",
+            "model.d_model": 48,
+            "train.budget": "{steps: 300}",
+            "train.batch_size": 16,
+            "train.eval_every": 100,
+            "train.eval_tokens": 16384,
+            "train.checkpoint_every": 1000,
+            "optimizer.lr": 1.0e-2,
+        }
+    )
+    summary = run_trial(cfg, tmp_path)
+    h = summary["data"]["entropy_rate_nats"]
+    assert 0.1 < h < np.log(16)
+    loss = summary["final_eval_loss"]
+    # Within 0.06 nats of the floor, and not below it beyond sampling noise.
+    assert h - 0.03 < loss < h + 0.06, (loss, h)
+
+
+def test_cli_pulse_and_bad_input(tmp_path: Path) -> None:
+    out = tmp_path / "pulse"
+    env = {**os.environ}
+    r = subprocess.run(
+        _cli(
+            "train",
+            "--out",
+            str(out),
+            "--set",
+            "data.max_tokens=200000",
+            "--set",
+            "train.budget={steps: 6}",
+            "--set",
+            "train.eval_tokens=1024",
+            "--set",
+            "model.d_model=32",
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / rf.SUMMARY).read_text())
+    assert summary["status"] == "done" and summary["data"]["source"] == "stdlib"
+    assert len(summary["data"]["sha256"]) == 64
+
+    bad = subprocess.run(
+        _cli("train", "--out", str(tmp_path / "bad"), "--set", "model.activation=gelux"),
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "model.activation" in bad.stderr and "swiglu" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    small = subprocess.run(
+        _cli("train", "--out", str(tmp_path / "small"), "--set", "train.budget={tokens: 10}"),
+        capture_output=True,
+        text=True,
+    )
+    assert small.returncode == 2 and "train.budget.tokens" in small.stderr
+    assert "Traceback" not in small.stderr
