@@ -269,3 +269,44 @@ def test_cli_pulse_and_bad_input(tmp_path: Path) -> None:
     )
     assert small.returncode == 2 and "train.budget.tokens" in small.stderr
     assert "Traceback" not in small.stderr
+
+
+def _fit_fixed_batch(cfg_overrides: dict, steps: int = 25) -> tuple[float, float]:
+    """Train on one repeated batch; returns (first loss, last loss)."""
+    import functools
+
+    import jax
+
+    from scalinglab.models import build_model
+    from scalinglab.optim import build_optimizer
+    from scalinglab.train.state import init_state
+    from scalinglab.train.step import train_step
+
+    cfg = tiny_trial(**cfg_overrides)
+    model = build_model(cfg.model)
+    tx, _ = build_optimizer(cfg.optimizer, steps)
+    state = init_state(model, tx, jax.random.PRNGKey(0), cfg.data.seq_len)
+    batch = np.random.default_rng(0).integers(0, 32, (8, cfg.data.seq_len + 1), dtype=np.int32)
+    step = jax.jit(functools.partial(train_step, model=model, tx=tx, use_dropout=False))
+    losses = []
+    for _ in range(steps):
+        state, m = step(state, batch, jax.random.PRNGKey(1))
+        losses.append(float(m["loss"]))
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize(
+    "activation", ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
+)
+def test_each_activation_trains(activation: str) -> None:
+    first, last = _fit_fixed_batch({"model.activation": activation})
+    assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.parametrize(
+    ("name", "lr"),
+    [("sgd", 1.0), ("momentum", 0.3), ("adam", 1e-2), ("adamw", 1e-2), ("adafactor", 1e-2)],
+)
+def test_each_optimizer_trains_the_gpt(name: str, lr: float) -> None:
+    first, last = _fit_fixed_batch({"optimizer.name": name, "optimizer.lr": lr})
+    assert last < 0.8 * first, (first, last)
