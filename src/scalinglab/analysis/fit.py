@@ -155,6 +155,21 @@ class Fit:
     def converged(self) -> bool:
         return self.diagnostics.converged
 
+    @classmethod
+    def from_params(cls, law: str, **params: float) -> Fit:
+        """A Fit from known parameters (e.g. published ones), for ``predict``/``optimal``.
+
+        ``Fit.from_params("chinchilla", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)``
+        """
+        spec = get_law(law)
+        missing = set(spec.param_names) - set(params)
+        if missing:
+            raise ValueError(f"law {law} needs parameters {', '.join(spec.param_names)}")
+        raw = spec.to_raw(params)
+        diag = Diagnostics(0, 0, True, "given, not fitted", 0, 0.0, [], [], {})
+        natural = spec.to_natural(raw)
+        return cls(law, natural, {}, float("nan"), float("nan"), 0, float("nan"), diag, raw)
+
     def predict(self, N: Any, D: Any = None) -> np.ndarray:
         """Predicted loss at ``N`` (and ``D`` for two-variable laws; ``N`` is x for power)."""
         law = get_law(self.law)

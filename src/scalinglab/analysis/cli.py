@@ -1,0 +1,85 @@
+"""The ``fit`` and ``plot`` commands; ``scalinglab.cli`` registers them.
+
+They parse arguments, call ``analysis.study`` and print or write; a bad input
+ends in one ``error:`` line on stderr, exit status 2, and no file written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scalinglab.analysis.fit import DataError
+from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
+
+SOURCE_HELP = "CSV/Parquet table (columns N, D, loss, optional C) or a sweep run directory"
+COLUMNS_HELP = "map other column names, e.g. N=params,D=tokens,loss=val_loss"
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+def fit_cmd(
+    source: Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)],
+    law: Annotated[str, typer.Option(help="chinchilla | kaplan | power (loss vs C)")] = (
+        "chinchilla"
+    ),
+    approach: Annotated[str, typer.Option(help="compute-optimal approaches, e.g. 1,2,3")] = (
+        "1,2,3"
+    ),
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 200,
+    columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+    compute: Annotated[
+        str | None, typer.Option(help="budgets to predict at, FLOPs, e.g. 1e21,1e23")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+) -> None:
+    """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
+    try:
+        study = run_study(
+            source,
+            law=law,
+            approaches=parse_approaches(approach),
+            bootstrap=bootstrap,
+            columns=columns,
+            targets=parse_compute(compute),
+            seed=seed,
+        )
+    except (DataError, ValueError) as e:
+        _fail(e)
+    typer.echo(study.format())
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
+        typer.echo(f"wrote {json_file}")
+
+
+def plot_cmd(
+    source: Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="folder for PNG and SVG figures [default: SOURCE/plots or TABLE_plots]"),
+    ] = None,
+    law: Annotated[str, typer.Option(help="chinchilla | kaplan | power")] = "chinchilla",
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for bands")] = 200,
+    columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
+) -> None:
+    """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
+    from scalinglab.analysis.plots import plot_all
+
+    try:
+        study = run_study(source, law=law, bootstrap=bootstrap, columns=columns)
+    except (DataError, ValueError) as e:
+        _fail(e)
+    src = study.source
+    if out is None:
+        out = source / "plots" if source.is_dir() else source.with_name(f"{source.stem}_plots")
+    paths = plot_all(src.runs, out, study.fit, study.approaches, curves=src.curves)
+    for p in paths:
+        typer.echo(f"wrote {p}")

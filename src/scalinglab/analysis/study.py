@@ -1,0 +1,187 @@
+"""One analysis of one SOURCE: the fit, the three approaches, the table and the JSON.
+
+This is what ``scalinglab fit`` and ``scalinglab plot`` call; the CLI only
+parses arguments. ``Study.to_dict`` is the JSON contract of DESIGN.md:
+``{"law", "params", "ci", "approaches", "n_points", "loss", ...}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalinglab.analysis.fit import DEFAULT_DELTA, Fit, fit_law
+from scalinglab.analysis.laws import get_law
+from scalinglab.analysis.optimal import Approach, agreement, compute_optimal
+from scalinglab.analysis.tables import Source, load_source
+
+
+@dataclass
+class Study:
+    """A fitted source: law, approaches side by side, and the budgets to predict at."""
+
+    source: Source
+    fit: Fit
+    approaches: dict[int, Approach]
+    targets: tuple[float, ...]
+
+    @property
+    def agreement(self) -> dict[str, Any]:
+        return agreement(list(self.approaches.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON ``scalinglab fit --json`` writes."""
+        f = self.fit.to_dict()
+        approaches: dict[str, Any] = {
+            str(k): a.to_dict(self.targets) for k, a in self.approaches.items()
+        }
+        approaches["agreement"] = self.agreement
+        out = {
+            "law": f.pop("law"),
+            "params": f.pop("params"),
+            "ci": f.pop("ci"),
+            "approaches": approaches,
+            "n_points": f.pop("n_points"),
+            "loss": f.pop("loss"),
+            "source": self.source.name,
+            "compute_from": self.source.compute_from,
+            "targets_C": list(self.targets),
+        }
+        if self.fit.law == "chinchilla":
+            out["optimal"] = [_jsonable(self.fit.optimal(c)) for c in self.targets]
+        return {**out, **f}
+
+    def format(self) -> str:
+        """The plain-text table ``scalinglab fit`` prints."""
+        return "\n".join(_format(self))
+
+
+def default_targets(C: np.ndarray) -> tuple[float, ...]:
+    """The largest observed budget and one and two decades beyond it."""
+    top = float(np.max(C))
+    return tuple(float(f"{top * 10**k:.2g}") for k in (0, 1, 2))
+
+
+def run_study(
+    source: str | Path,
+    *,
+    law: str = "chinchilla",
+    approaches: tuple[int, ...] = (1, 2, 3),
+    bootstrap: int = 200,
+    columns: str | dict[str, str] | None = None,
+    targets: tuple[float, ...] | None = None,
+    delta: float = DEFAULT_DELTA,
+    seed: int = 0,
+) -> Study:
+    """Load ``source``, fit ``law`` and run the chosen compute-optimal approaches."""
+    spec = get_law(law)
+    src = load_source(source, columns)
+    runs = src.runs
+    cols = ["N", "D"] if len(spec.inputs) == 2 else ["C"]
+    fit = fit_law(
+        spec,
+        runs[cols].to_numpy(float),
+        runs["loss"].to_numpy(float),
+        delta=delta,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    chosen = tuple(a for a in approaches if a != 3 or fit.law == "chinchilla")
+    aps = compute_optimal(
+        runs, fit, approaches=chosen, bootstrap=bootstrap, seed=seed, curves=src.curves
+    )
+    if 3 in approaches and 3 not in aps:
+        from scalinglab.analysis.optimal import approach3
+
+        aps[3] = approach3(fit)  # records why approach 3 is unavailable for this law
+    tg = targets or default_targets(runs["C"].to_numpy(float))
+    return Study(src, fit, aps, tuple(tg))
+
+
+def parse_approaches(spec: str) -> tuple[int, ...]:
+    """``"1,3"`` -> (1, 3); anything but 1, 2, 3 is an error naming the bad entry."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part not in ("1", "2", "3"):
+            raise ValueError(f"bad --approach entry {part!r}; use a comma list of 1, 2, 3")
+        out.append(int(part))
+    return tuple(sorted(set(out)))
+
+
+def parse_compute(spec: str | None) -> tuple[float, ...] | None:
+    """``"1e21,1e23"`` -> (1e21, 1e23); each budget must be a positive number."""
+    if not spec:
+        return None
+    try:
+        vals = tuple(float(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(
+            f"bad --compute {spec!r}; use a comma list of FLOPs like 1e21,1e23"
+        ) from None
+    if not all(np.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"bad --compute {spec!r}; budgets must be positive")
+    return vals
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _ival(ci: tuple[float, float] | None, fmt: str = ".4g") -> str:
+    return "" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _format(s: Study) -> list[str]:
+    f, d = s.fit, s.fit.diagnostics
+    pct = f"{100 * f.confidence:.0f}%"
+    n_boot = 0 if f.samples is None else len(f.samples)
+    lines = [
+        f"{s.source.name}: {f.n_points} runs, law {f.law}, Huber delta {f.delta:g},"
+        f" {n_boot} bootstrap resamples (C from {s.source.compute_from})",
+        "",
+        f"{'parameter':<10} {'estimate':>12}  {pct + ' interval':<28}",
+    ]
+    for name, v in f.params.items():
+        lines.append(f"{name:<10} {v:>12.5g}  {_ival(f.ci.get(name)):<28}")
+    state = d.status if d.converged else f"NOT CONVERGED ({d.status})"
+    lines += [
+        "",
+        f"fit: {state}, RMSE of log loss {f.rmse:.4g}, objective {f.loss:.4g};"
+        f" {d.n_at_best}/{d.n_starts} starts reached the best objective",
+    ]
+    lines += [f"warning: {w}" for w in d.warnings]
+    lines += ["", f"compute-optimal allocation: N_opt = k_N C^a, D_opt = k_D C^b ({pct})"]
+    lines.append(f"{'approach':<16} {'a':>8} {'interval':<22} {'b':>8} {'interval':<22}")
+    for ap in s.approaches.values():
+        if ap.ok:
+            lines.append(
+                f"{ap.name:<16} {ap.a:>8.4f} {_ival(ap.ci('a'), '.4f'):<22}"
+                f" {ap.b:>8.4f} {_ival(ap.ci('b'), '.4f'):<22}"
+            )
+        else:
+            lines.append(f"{ap.name:<16} {'n/a':>8}")
+        lines += [f"  note: {flag}" for flag in ap.flags]
+    ag = s.agreement
+    if len(ag["compared"]) < 2:
+        lines.append("agreement: fewer than two approaches with intervals to compare")
+    elif ag["agree"]:
+        lines.append("agreement: yes, the intervals of a and b overlap for every pair")
+    else:
+        lines.append("agreement: NO - " + "; ".join(ag["disagreements"]))
+    lines += ["", f"{'C (FLOPs)':>10} {'approach':<16} {'N_opt':>10} {'D_opt':>10} {'loss':>8}"]
+    for c in s.targets:
+        for ap in s.approaches.values():
+            if not ap.ok:
+                continue
+            p = ap.predict(c)
+            loss = f.optimal(c)["loss"] if ap.name.startswith("3") else None
+            lines.append(
+                f"{c:>10.3g} {ap.name:<16} {p['N_opt']:>10.3g} {p['D_opt']:>10.3g}"
+                f" {'' if loss is None else f'{loss:.4g}':>8}"
+                f"  N {_ival(p.get('N_opt_ci'), '.3g')} D {_ival(p.get('D_opt_ci'), '.3g')}"
+            )
+    return lines
