@@ -103,29 +103,42 @@ TINY_SET = [
 ]
 
 
-def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_checkpoint(
+    run_dir: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120
+) -> None:
+    """Poll until a completed checkpoint at a step >= min_step exists."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         ckpts = run_dir / rf.CHECKPOINTS
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+        steps = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+        if steps and max(steps) >= min_step:
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")
 
 
+KILL_ARGS = [*TINY_SET, "--set", "train.budget={steps: 300}", "--set", "train.checkpoint_every=20"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted CLI run shared by the kill tests."""
+    ref = tmp_path_factory.mktemp("ref")
+    subprocess.run(_cli("train", "--out", str(ref), *KILL_ARGS), check=True, capture_output=True)
+    return ref
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_process_resumes_exactly(tmp_path: Path, sig: int) -> None:
+def test_killed_process_resumes_exactly(tmp_path: Path, sig: int, uninterrupted: Path) -> None:
     """A real `scalinglab train` killed mid-run, then re-run, matches an uninterrupted run."""
-    args = [*TINY_SET, "--set", "train.budget={steps: 300}", "--set", "train.checkpoint_every=20"]
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(_cli("train", "--out", str(ref), *args), check=True, capture_output=True)
+    args, ref, run = KILL_ARGS, uninterrupted, tmp_path / "run"
 
     proc = subprocess.Popen(
         _cli("train", "--out", str(run), *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    _wait_for_checkpoint(run, proc)
-    time.sleep(0.3)
+    # Past the second checkpoint, so metrics beyond the restored step get cut back.
+    _wait_for_checkpoint(run, proc, min_step=40)
     proc.send_signal(sig)
     proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
@@ -310,3 +323,25 @@ def test_each_activation_trains(activation: str) -> None:
 def test_each_optimizer_trains_the_gpt(name: str, lr: float) -> None:
     first, last = _fit_fixed_batch({"optimizer.name": name, "optimizer.lr": lr})
     assert last < 0.8 * first, (first, last)
+
+
+def test_data_parallel_over_two_devices_matches_one(tmp_path: Path) -> None:
+    """Two (forced host) devices split each batch; the result equals one device's."""
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[2]);"
+        "from conftest import tiny_trial; from scalinglab.train import run_trial;"
+        "print(json.dumps(run_trial(tiny_trial(), sys.argv[1])))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "two"), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    two = json.loads(r.stdout.strip().splitlines()[-1])
+    one = run_trial(tiny_trial(), tmp_path / "one")
+    assert (one["devices"], two["devices"]) == (1, 2)
+    # Only the order of the gradient reduction differs.
+    assert two["final_eval_loss"] == pytest.approx(one["final_eval_loss"], rel=1e-4)

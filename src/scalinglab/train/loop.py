@@ -29,6 +29,7 @@ from scalinglab.data import build_dataset
 from scalinglab.models import build_model, count_params
 from scalinglab.optim import build_optimizer
 from scalinglab.train import checkpoint as ckpt
+from scalinglab.train import mesh as mesh_mod
 from scalinglab.train.state import abstract_state, init_state
 from scalinglab.train.step import eval_step, train_step
 
@@ -171,7 +172,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
             f"({dataset.vocab_size})"
         )
     B, T = cfg.train.batch_size, cfg.data.seq_len
-    val = dataset.val_batches(B, cfg.train.eval_tokens)
+    val_host = dataset.val_batches(B, cfg.train.eval_tokens)
 
     model = build_model(cfg.model)
     tx, schedule = build_optimizer(cfg.optimizer, total_steps)
@@ -185,9 +186,16 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
     eval_fn = jax.jit(functools.partial(eval_step, model=model))
 
     manager = ckpt.open_manager(run_dir / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest(manager, abstract_state(model, tx, T))
+    mesh = mesh_mod.data_mesh(B)
+    state_sharding, batch_sharding = mesh_mod.replicated(mesh), mesh_mod.batch_sharded(mesh)
+    target = mesh_mod.with_sharding(abstract_state(model, tx, T), state_sharding)
+    val = [
+        jax.device_put(b, batch_sharding if len(b) % mesh.size == 0 else state_sharding)
+        for b in val_host
+    ]
+    restored = ckpt.restore_latest(manager, target)
     if restored is None:
-        state, host = init_state(model, tx, init_key, T), _Host()
+        state, host = init_state(model, tx, init_key, T, state_sharding), _Host()
         records: list[dict[str, Any]] = []
     else:
         state, host_json = restored
@@ -235,7 +243,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
     reason = None
     with _StopFlag() as stop:
         while step < total_steps:
-            batch = dataset.train_batch(step, B, cfg.seed)
+            batch = jax.device_put(dataset.train_batch(step, B, cfg.seed), batch_sharding)
             state, metrics = step_fn(state, batch, dropout_key)
             step += 1
             # Read the previous step's loss while this one runs (host/device overlap).
@@ -332,6 +340,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
         "diverged_step": diverged_at,
         "wall_s": host.wall_s,
         "seed": cfg.seed,
+        "devices": mesh.size,
         "data": dataset.info,
     }
     metrics = rf.read_jsonl(run_dir / rf.METRICS)

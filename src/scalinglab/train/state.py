@@ -21,16 +21,21 @@ class TrainState(struct.PyTreeNode):
 
 
 def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, seq_len: int
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    seq_len: int,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> TrainState:
-    """Initialise parameters and optimiser state in one jitted call (shapes via eval_shape)."""
+    """Initialise parameters and optimiser state in one jitted call, placed by `sharding`
+    directly (never built on one device and moved)."""
 
     def _init(key: jax.Array) -> TrainState:
         tokens = jnp.zeros((1, seq_len), jnp.int32)
         params = model.init({"params": key}, tokens, deterministic=True)["params"]
         return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
-    return jax.jit(_init)(key)
+    return jax.jit(_init, out_shardings=sharding)(key)
 
 
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: int) -> TrainState:
