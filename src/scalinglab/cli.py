@@ -16,10 +16,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from scalinglab.sweep.cli import sweep_app
+
 app = typer.Typer(
     help="Neural scaling-law experiments in JAX.", no_args_is_help=True, add_completion=False
 )
 err = Console(stderr=True)
+app.add_typer(sweep_app, name="sweep")
 
 
 @app.callback()

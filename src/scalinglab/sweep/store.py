@@ -1,0 +1,160 @@
+"""Results of a sweep directory as DataFrames, read from the run directories themselves.
+
+The trial directories (config.yaml, status.json, summary.json, metrics.jsonl) are the source of
+truth; `results.parquet` is a cache rebuilt from them (`write_results`), never read back here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from scalinglab import runfiles as rf
+from scalinglab.config import ModelConfig
+from scalinglab.flops import param_counts
+
+RESULTS = "results.parquet"
+SWEEP_COPY = "sweep.yaml"
+SUMMARY_COLUMNS = (
+    "N",
+    "N_nonembed",
+    "D",
+    "C",
+    "final_eval_loss",
+    "best_eval_loss",
+    "final_train_loss",
+    "steps",
+    "planned_steps",
+    "wall_s",
+    "flop_counting",
+    "diverged",
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted.key: value}; lists become tuples (hashable, parquet-friendly)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def trial_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Trial directories of a sweep directory (those holding a config.yaml), sorted by id."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such sweep directory")
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / rf.CONFIG).is_file())
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((run_dir / rf.CONFIG).read_text()) or {}
+
+
+def _row(run_dir: Path) -> dict[str, Any]:
+    cfg = _config(run_dir)
+    status = rf.read_json(run_dir / rf.STATUS) or {}
+    summary = rf.read_json(run_dir / rf.SUMMARY)
+    row: dict[str, Any] = {
+        "trial_id": run_dir.name,
+        "status": summary["status"] if summary else status.get("status", "pending"),
+        "error": status.get("error"),
+        "attempts": status.get("attempts", 0),
+    }
+    if summary:
+        row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
+    else:  # not trained yet: what the config alone tells
+        try:
+            counts = param_counts(ModelConfig.model_validate(cfg.get("model", {})))
+            row.update(N=counts["total"], N_nonembed=counts["non_embedding"])
+        except (ValueError, TypeError):
+            pass
+        row["steps"] = status.get("step")
+    row["loss"] = row.get("final_eval_loss")
+    row["isoflop_C"] = ((cfg.get("train") or {}).get("budget") or {}).get("flops")
+    row.update(flatten(cfg))
+    return row
+
+
+def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per trial: trial_id, status, error, attempts, N, N_nonembed, D, C,
+    final/best eval loss, steps, wall_s, `loss` (= final_eval_loss, what the fits read),
+    `isoflop_C` (the nominal budget; C is what the whole steps actually spent) and every config
+    field as a dotted column (model.d_model, seed, ...). Unfinished trials have NaN results."""
+    rows = [_row(d) for d in trial_dirs(sweep_dir)]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["trial_id", "status", "N", "N_nonembed", "D", "C", "loss"])
+    for col in ("N", "N_nonembed", "D", "C", "loss", "final_eval_loss", "best_eval_loss"):
+        if col not in df:
+            df[col] = float("nan")
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per eval point of every trial: trial_id, step, tokens, flops, eval_loss,
+    train_loss, lr, wall_s, ..., plus D (= tokens), C (= flops), loss (= eval_loss), the trial's
+    status, N, N_nonembed, isoflop_C and its model.*, data.*, train.* and seed columns."""
+    runs = load_runs(sweep_dir)
+    keep = [c for c in runs.columns if c in ("status", "N", "N_nonembed", "isoflop_C", "seed")]
+    keep += [c for c in runs.columns if c.split(".")[0] in ("model", "data", "train", "optimizer")]
+    info = runs.set_index("trial_id")[keep] if not runs.empty else None
+    frames = []
+    for run_dir in trial_dirs(sweep_dir):
+        points = [r for r in rf.read_jsonl(run_dir / rf.METRICS) if r.get("eval_loss") is not None]
+        if not points:
+            continue
+        df = pd.DataFrame(points)
+        df.insert(0, "trial_id", run_dir.name)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", "step", "tokens", "flops", "eval_loss", "loss"])
+    curves = pd.concat(frames, ignore_index=True)
+    curves["D"], curves["C"], curves["loss"] = (
+        curves["tokens"],
+        curves["flops"],
+        curves["eval_loss"],
+    )
+    if info is not None:
+        curves = curves.join(info, on="trial_id")
+    return curves
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns of mixed types (None / str / tuple) as strings, so pyarrow accepts them."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            kinds = {type(v) for v in out[col] if v is not None and v == v}
+            if len(kinds) > 1 or kinds & {tuple, dict}:
+                out[col] = out[col].map(lambda v: None if v is None else str(v))
+    return out
+
+
+def write_results(sweep_dir: str | Path) -> Path:
+    """Rebuild `DIR/results.parquet` from the trial directories (atomically) and return it."""
+    root = Path(sweep_dir)
+    df = _parquet_safe(load_runs(root))
+    path = root / RESULTS
+    try:
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{RESULTS}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise rf.RunDirError(f"{path}: cannot write ({e.strerror or e})") from None
+    return path
