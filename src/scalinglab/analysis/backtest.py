@@ -50,7 +50,7 @@ def default_threshold(C: np.ndarray) -> float:
     """
     from scalinglab.analysis.optimal import isoflop_groups
 
-    labels = isoflop_groups(C)
+    labels = isoflop_groups(C)  # by actual compute: the threshold is a compute value
     if labels.max() >= 1:
         return float(np.min(C[labels == labels.max()]))
     return float(np.quantile(C, 0.75))

@@ -39,6 +39,9 @@ def fit_cmd(
         str | None, typer.Option(help="budgets to predict at, FLOPs, e.g. 1e21,1e23")
     ] = None,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    starts: Annotated[
+        int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
+    ] = None,
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
     try:
@@ -50,6 +53,7 @@ def fit_cmd(
             columns=columns,
             targets=parse_compute(compute),
             seed=seed,
+            n_starts=starts,
         )
     except (DataError, ValueError) as e:
         _fail(e)
@@ -69,12 +73,15 @@ def plot_cmd(
     law: Annotated[str, typer.Option(help="chinchilla | kaplan | power")] = "chinchilla",
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for bands")] = 200,
     columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
+    starts: Annotated[
+        int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
+    ] = None,
 ) -> None:
     """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
     from scalinglab.analysis.plots import plot_all
 
     try:
-        study = run_study(source, law=law, bootstrap=bootstrap, columns=columns)
+        study = run_study(source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts)
     except (DataError, ValueError) as e:
         _fail(e)
     src = study.source

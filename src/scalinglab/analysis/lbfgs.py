@@ -62,23 +62,28 @@ class _State(NamedTuple):
 def _direction(g: jax.Array, S: jax.Array, Y: jax.Array, rho: jax.Array) -> jax.Array:
     """Two-loop recursion: -H g with H the L-BFGS inverse-Hessian estimate.
 
-    The history is kept newest-last with static indices (no gathers), which is
-    what keeps the vmapped loop cheap on CPU.
+    The history is kept newest-last and walked with ``lax.scan`` (static
+    slices, no gathers), which keeps the vmapped loop cheap on CPU and the
+    compiled program small.
     """
-    memory = S.shape[0]
-    q = g
-    alphas = []
-    for j in reversed(range(memory)):  # newest first
-        a = rho[j] * jnp.dot(S[j], q)
-        q = q - a * Y[j]
-        alphas.append(a)
+
+    def newest_first(q, syr):
+        s, y, r = syr
+        a = r * jnp.dot(s, q)
+        return q - a * y, a
+
+    q, alphas = jax.lax.scan(newest_first, g, (S, Y, rho), reverse=True)
     have = rho[-1] > 0
     yy = jnp.where(have, jnp.dot(Y[-1], Y[-1]), 1.0)
     # Without history: a steepest-descent step of unit length.
     unit = 1.0 / jnp.maximum(jnp.linalg.norm(g), 1e-30)
-    r = jnp.where(have, jnp.dot(S[-1], Y[-1]) / yy, unit) * q
-    for j, a in zip(range(memory), reversed(alphas), strict=True):  # oldest first
-        r = r + S[j] * (a - rho[j] * jnp.dot(Y[j], r))
+    r0 = jnp.where(have, jnp.dot(S[-1], Y[-1]) / yy, unit) * q
+
+    def oldest_first(r, syra):
+        s, y, rh, a = syra
+        return r + s * (a - rh * jnp.dot(y, r)), None
+
+    r, _ = jax.lax.scan(oldest_first, r0, (S, Y, rho, alphas))
     d = -r
     # Not a descent direction (numerical trouble): fall back to steepest descent.
     return jnp.where(jnp.dot(d, g) < 0, d, -g * unit)
@@ -109,7 +114,7 @@ def lbfgs(
     rho0 = jnp.zeros(memory, x0.dtype)
     status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, GTOL, RUNNING)
     one = jnp.asarray(1.0, x0.dtype)
-    d0 = _direction(g0, zeros, zeros, rho0)
+    d0 = -g0 / jnp.maximum(jnp.linalg.norm(g0), 1e-30)  # no history yet: unit steepest descent
     i0 = jnp.asarray(0)
     state = _State(x0, f0, g0, zeros, zeros, rho0, d0, one, i0, i0, i0 + 1, status0)
 

@@ -187,6 +187,15 @@ def isoflop_groups(C: np.ndarray, tol: float = ISOFLOP_TOL) -> np.ndarray:
     return labels
 
 
+def budgets(df: pd.DataFrame) -> np.ndarray:
+    """Each run's IsoFLOP budget: the sweep's nominal ``isoflop_C`` when present, else C."""
+    if "isoflop_C" in df:
+        nominal = pd.to_numeric(df["isoflop_C"], errors="coerce").to_numpy(float)
+        if np.all(np.isfinite(nominal) & (nominal > 0)):
+            return nominal
+    return df["C"].to_numpy(float)
+
+
 def fit_parabola(logN: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, float, str | None]:
     """Parabola ``loss = p0 + p1 x + p2 x^2`` in x = log N and its minimum x*.
 
@@ -203,11 +212,11 @@ def fit_parabola(logN: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, float,
 
 def isoflop_minima(df: pd.DataFrame, tol: float = ISOFLOP_TOL) -> pd.DataFrame:
     """One row per IsoFLOP budget: C, parabola, N_opt, D_opt, loss at the minimum, flag."""
-    labels = isoflop_groups(df["C"].to_numpy(float), tol)
+    labels = isoflop_groups(budgets(df), tol)
     out = []
     for g in np.unique(labels):
         sub = df[labels == g]
-        C = float(np.exp(np.mean(np.log(sub["C"]))))
+        C = float(np.exp(np.mean(np.log(budgets(sub)))))
         if sub["N"].nunique() < 3:
             continue
         x, lx_d = np.log(sub["N"].to_numpy(float)), np.log(sub["D"].to_numpy(float))
@@ -263,7 +272,7 @@ def approach2(
         return a
     theta = _allocation_fit(*(good[c].to_numpy() for c in ("C", "N_opt", "D_opt")))
     rng = np.random.default_rng(seed)
-    labels = isoflop_groups(df["C"].to_numpy(float), tol)
+    labels = isoflop_groups(budgets(df), tol)
     members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
     draws = []
     for _ in range(bootstrap):

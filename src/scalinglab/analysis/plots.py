@@ -137,17 +137,17 @@ def isoflop(runs: pd.DataFrame, minima: pd.DataFrame) -> Figure:
     ``minima`` is ``optimal.isoflop_minima``; a flagged budget's parabola is
     dashed and its minimum marked with an x.
     """
-    from scalinglab.analysis.optimal import isoflop_groups
+    from scalinglab.analysis.optimal import budgets, isoflop_groups
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    labels = isoflop_groups(runs["C"].to_numpy(float))
-    budgets = minima["C"].to_numpy() if len(minima) else np.array([1.0])
-    bnorm = LogNorm(budgets.min(), max(budgets.max(), budgets.min() * 1.01))
+    labels = isoflop_groups(budgets(runs))
+    bs = minima["C"].to_numpy() if len(minima) else np.array([1.0])
+    bnorm = LogNorm(bs.min(), max(bs.max(), bs.min() * 1.01))
     cmap = mpl.colormaps["plasma"]
     for g in np.unique(labels):
         sub = runs[labels == g]
-        C = float(np.exp(np.mean(np.log(sub["C"]))))
+        C = float(np.exp(np.mean(np.log(budgets(sub)))))
         row = minima[np.isclose(minima["C"], C)] if len(minima) else minima
         color = cmap(0.85 * bnorm(C))
         ax.scatter(sub["N"], sub["loss"], color=color, s=16, zorder=3)

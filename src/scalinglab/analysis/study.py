@@ -75,8 +75,12 @@ def run_study(
     targets: tuple[float, ...] | None = None,
     delta: float = DEFAULT_DELTA,
     seed: int = 0,
+    n_starts: int | None = None,
 ) -> Study:
-    """Load ``source``, fit ``law`` and run the chosen compute-optimal approaches."""
+    """Load ``source``, fit ``law`` and run the chosen compute-optimal approaches.
+
+    ``n_starts`` thins the law's start grid evenly (default: every start).
+    """
     spec = get_law(law)
     src = load_source(source, columns)
     runs = src.runs
@@ -88,6 +92,7 @@ def run_study(
         delta=delta,
         bootstrap=bootstrap,
         seed=seed,
+        starts=thin_grid(spec.start_grid(), n_starts),
     )
     chosen = tuple(a for a in approaches if a != 3 or fit.law == "chinchilla")
     aps = compute_optimal(
@@ -99,6 +104,15 @@ def run_study(
         aps[3] = approach3(fit)  # records why approach 3 is unavailable for this law
     tg = targets or default_targets(runs["C"].to_numpy(float))
     return Study(src, fit, aps, tuple(tg))
+
+
+def thin_grid(grid: np.ndarray, n: int | None) -> np.ndarray:
+    """About ``n`` rows spread evenly through ``grid`` (all of it when n is None or larger)."""
+    if n is None or n >= len(grid):
+        return grid
+    if n < 1:
+        raise ValueError(f"--starts must be at least 1, got {n}")
+    return grid[np.unique(np.linspace(0, len(grid) - 1, n).round().astype(int))]
 
 
 def parse_approaches(spec: str) -> tuple[int, ...]:

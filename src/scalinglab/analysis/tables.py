@@ -88,6 +88,8 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     curves = None
     if hasattr(store, "load_curves"):
         curves = store.load_curves(path)
+        if "status" in curves:
+            curves = curves[curves["status"] == "done"]
     return runs.reset_index(drop=True), curves
 
 

@@ -1,0 +1,176 @@
+"""Robust fitting: Huber objective against numpy, recovery of known laws, diagnostics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from scalinglab.analysis import fit as F
+from scalinglab.analysis import laws
+from scalinglab.analysis.lbfgs import GTOL, lbfgs
+
+TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+# A small start grid keeps the tests fast; the default 4,500-start grid is benchmarked.
+SMALL_GRID = laws.CHINCHILLA.start_grid()[::61]
+
+
+def chinchilla_table(noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    N, D = np.meshgrid(np.logspace(7, 10, 7), np.logspace(9, 12, 7))
+    N, D = N.ravel(), D.ravel()
+    loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+    loss = loss * np.exp(noise * np.random.default_rng(seed).standard_normal(len(N)))
+    return pd.DataFrame({"N": N, "D": D, "loss": loss})
+
+
+def numpy_objective_and_grad(raw, logN, logD, logy, delta):
+    """Direct numpy: sum of Huber terms and its analytic gradient."""
+    e, a, b, alpha, beta = raw
+    terms = np.stack([a - alpha * logN, b - beta * logD, np.full_like(logN, e)])
+    z = np.exp(terms)
+    pred = np.log(z.sum(axis=0))
+    r = pred - logy
+    h = np.where(np.abs(r) <= delta, 0.5 * r**2, delta * (np.abs(r) - 0.5 * delta))
+    psi = np.clip(r, -delta, delta)  # dHuber/dr
+    p = z / z.sum(axis=0)  # d pred / d term
+    grad = np.array(
+        [
+            np.sum(psi * p[2]),
+            np.sum(psi * p[0]),
+            np.sum(psi * p[1]),
+            -np.sum(psi * p[0] * logN),
+            -np.sum(psi * p[1] * logD),
+        ]
+    )
+    return h.sum(), grad
+
+
+def test_huber_objective_and_gradient_match_numpy():
+    df = chinchilla_table(noise=0.01)
+    logN, logD, logy = (np.log(df[c].to_numpy()) for c in ("N", "D", "loss"))
+    raw = laws.CHINCHILLA.to_raw(TRUE) + np.array([0.05, -0.1, 0.2, 0.01, -0.02])
+    terms = np.stack([raw[1] - raw[3] * logN, raw[2] - raw[4] * logD, np.full_like(logN, raw[0])])
+    r = np.log(np.exp(terms).sum(axis=0)) - logy
+    delta = float(np.median(np.abs(r)))  # half the residuals in each Huber regime
+    want_f, want_g = numpy_objective_and_grad(raw, logN, logD, logy, delta)
+    with jax.enable_x64(True):
+        args = (jnp.asarray(np.stack([logN, logD], 1)), jnp.asarray(logy), jnp.ones(len(logy)))
+        f, g = jax.value_and_grad(F.objective)(jnp.asarray(raw), *args, delta)
+    assert np.any(np.abs(r) < delta) and np.any(np.abs(r) > delta)
+    assert float(f) == pytest.approx(want_f, rel=1e-12)
+    np.testing.assert_allclose(np.asarray(g), want_g, rtol=1e-10)
+    # ... and the analytic gradient against central finite differences.
+    eps = 1e-6
+    fd = [
+        (
+            numpy_objective_and_grad(raw + eps * e, logN, logD, logy, delta)[0]
+            - numpy_objective_and_grad(raw - eps * e, logN, logD, logy, delta)[0]
+        )
+        / (2 * eps)
+        for e in np.eye(5)
+    ]
+    np.testing.assert_allclose(want_g, fd, rtol=1e-5, atol=1e-10)
+
+
+def test_objective_is_a_sum_not_a_mean():
+    df = chinchilla_table(noise=0.05)
+    X, y = np.log(df[["N", "D"]].to_numpy()), np.log(df["loss"].to_numpy())
+    raw = laws.CHINCHILLA.to_raw(TRUE)
+    with jax.enable_x64(True):
+        one = F.objective(raw, X, y, np.ones(len(y)), 1e-3)
+        two = F.objective(raw, np.tile(X, (2, 1)), np.tile(y, 2), np.ones(2 * len(y)), 1e-3)
+    assert float(two) == pytest.approx(2 * float(one), rel=1e-12)
+
+
+def test_lbfgs_minimises_rosenbrock_from_many_starts():
+    def rosen(x):
+        return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+    with jax.enable_x64(True):
+        x0 = jnp.array([[-1.2, 1.0], [2.0, 2.0], [0.0, -1.0]])
+        res = jax.vmap(lambda x: lbfgs(rosen, x, gtol=1e-10))(x0)
+    np.testing.assert_allclose(np.asarray(res.x), 1.0, atol=1e-6)
+    assert np.all(np.asarray(res.status) <= 1)
+
+
+def test_recovers_noise_free_law():
+    fit = F.fit_chinchilla(chinchilla_table(), starts=SMALL_GRID)
+    assert fit.converged and fit.diagnostics.n_at_best > 1
+    for k, v in TRUE.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-4), k
+    assert fit.rmse < 1e-7
+    assert fit.predict(1e9, 1e11) == pytest.approx(
+        float(laws.chinchilla(1e9, 1e11, **TRUE)), rel=1e-7
+    )
+
+
+def test_recovers_noisy_law_within_bootstrap_intervals():
+    fit = F.fit_chinchilla(chinchilla_table(noise=0.01, seed=3), bootstrap=200, starts=SMALL_GRID)
+    assert fit.converged
+    assert fit.samples.shape == (200, 5)
+    for k, v in TRUE.items():
+        lo, hi = fit.ci[k]
+        assert lo <= v <= hi, (k, fit.ci[k])
+    assert 0.005 < fit.rmse < 0.015  # about the injected noise
+    opt = fit.optimal(1e22)
+    assert opt["N_opt_ci"][0] <= opt["N_opt"] <= opt["N_opt_ci"][1]
+    ex = fit.exponents()
+    assert ex["a_ci"][0] <= 0.4516 <= ex["a_ci"][1]
+
+
+def test_optimal_is_on_the_budget_and_minimal():
+    fit = F.Fit.from_params("chinchilla", **TRUE)
+    C = 1e21
+    opt = fit.optimal(C)
+    assert 6 * opt["N_opt"] * opt["D_opt"] == pytest.approx(C)
+    N = opt["N_opt"] * np.array([0.8, 1.25])
+    assert np.all(fit.predict(N, C / (6 * N)) > opt["loss"])
+
+
+def test_power_law_with_and_without_offset():
+    x = np.logspace(15, 20, 12)
+    y = 1.5 + 80.0 * x**-0.12
+    fit = F.fit_power_law(x, y)
+    assert fit.params == pytest.approx({"E": 1.5, "A": 80.0, "alpha": 0.12}, rel=1e-4)
+    fit0 = F.fit_power_law(x, 80.0 * x**-0.12, offset=False)
+    assert fit0.params == pytest.approx({"A": 80.0, "alpha": 0.12}, rel=1e-6)
+
+
+def test_accepts_final_eval_loss_column():
+    df = chinchilla_table().rename(columns={"loss": "final_eval_loss"})
+    fit = F.fit_chinchilla(df, starts=SMALL_GRID)
+    assert fit.params["E"] == pytest.approx(TRUE["E"], rel=1e-3)
+
+
+def test_diagnostics_flag_grid_edge_and_non_convergence():
+    df = chinchilla_table()
+    df["loss"] += 8.0  # E ~ 9.7: log E = 2.3, outside the start grid's [-1, 1]
+    fit = F.fit_chinchilla(df, starts=SMALL_GRID)
+    assert "e" in fit.diagnostics.on_grid_edge
+    assert any("start grid" in w for w in fit.diagnostics.warnings)
+    stopped = F.fit_chinchilla(chinchilla_table(noise=0.01), starts=SMALL_GRID, max_iter=3)
+    assert not stopped.converged
+    assert "did not converge" in " ".join(stopped.diagnostics.warnings)
+    corr = stopped.diagnostics.correlations
+    assert corr["alpha"]["alpha"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("df", "match"),
+    [
+        (chinchilla_table().head(4), "5 parameters but only 4"),
+        (chinchilla_table().assign(D=lambda d: d.D.where(d.index != 2, -1.0)), "'D' has 1 non-pos"),
+        (chinchilla_table().assign(loss=np.nan), "'loss' has 49"),
+        (chinchilla_table().drop(columns="N"), "missing column 'N'"),
+    ],
+)
+def test_bad_input_is_one_clear_error(df, match):
+    with pytest.raises(F.DataError, match=match) as e:
+        F.fit_chinchilla(df, starts=SMALL_GRID)
+    assert "\n" not in str(e.value)
+
+
+def test_lbfgs_status_codes_are_reported():
+    with jax.enable_x64(True):
+        res = lbfgs(lambda x: jnp.sum((x - 3.0) ** 2), jnp.zeros(3))
+    assert int(res.status) == GTOL and float(res.value) < 1e-18

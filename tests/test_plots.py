@@ -1,0 +1,72 @@
+"""Plots: every figure builds, carries labelled axes with units, and saves as PNG and SVG."""
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from scalinglab.analysis import plots
+from scalinglab.analysis.fit import Fit
+from scalinglab.analysis.optimal import approach2, approach3, isoflop_minima
+
+TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+FIT = Fit.from_params("chinchilla", **TRUE)
+
+
+def runs_table():
+    rows = []
+    for C in np.logspace(17, 19, 3):
+        for N in 0.6 * (C / 6) ** 0.45 * np.geomspace(0.2, 5, 5):
+            D = C / (6 * N)
+            rows.append({"N": N, "D": D, "C": C, "loss": float(FIT.predict(N, D))})
+    return pd.DataFrame(rows)
+
+
+def curves_table(runs):
+    rows = []
+    for i, r in runs.iterrows():
+        for f in (0.25, 0.5, 1.0):
+            D = r.D * f
+            rows.append(
+                {
+                    "trial_id": i,
+                    "N": r.N,
+                    "D": D,
+                    "C": 6 * r.N * D,
+                    "loss": float(FIT.predict(r.N, D)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def labels(fig):
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_xlabel()]
+
+
+def test_each_figure_has_labelled_log_axes():
+    runs = runs_table()
+    figs = [
+        plots.loss_vs_compute(runs, FIT, curves=curves_table(runs)),
+        plots.isoflop(runs, isoflop_minima(runs)),
+        plots.optimal_allocation(
+            {2: approach2(runs, bootstrap=10), 3: approach3(FIT)}, (1e17, 1e21)
+        ),
+        plots.observed_vs_predicted(runs, FIT),
+    ]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+        assert labels(fig)
+    assert labels(figs[0])[0] == ("compute C (FLOPs)", "loss (nats/token)")
+    assert figs[0].axes[0].get_xscale() == "log" and figs[0].axes[0].get_yscale() == "log"
+    assert "(FLOPs)" in labels(figs[2])[0][0] and len(figs[2].axes) == 2
+
+
+def test_plot_all_writes_png_and_svg(tmp_path):
+    runs = runs_table()
+    aps = {2: approach2(runs, bootstrap=10), 3: approach3(FIT)}
+    paths = plots.plot_all(runs, tmp_path / "figs", FIT, aps)
+    names = {p.name for p in paths}
+    for stem in ("loss_vs_compute", "isoflop", "optimal_allocation", "observed_vs_predicted"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert (tmp_path / "figs" / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in (tmp_path / "figs" / "isoflop.svg").read_text()
