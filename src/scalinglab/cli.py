@@ -16,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from scalinglab.analysis.cli import fit_cmd, plot_cmd
 from scalinglab.sweep.cli import sweep_app
 
 app = typer.Typer(
@@ -115,17 +116,8 @@ def train(
     )
 
 
-def _register_analysis() -> None:
-    """Add `fit` and `plot` from the analysis module when it is present."""
-    try:
-        from scalinglab.analysis.cli import fit_cmd, plot_cmd
-    except ImportError:
-        return
-    app.command("fit")(fit_cmd)
-    app.command("plot")(plot_cmd)
-
-
-_register_analysis()
+app.command("fit")(fit_cmd)
+app.command("plot")(plot_cmd)
 
 
 if __name__ == "__main__":
