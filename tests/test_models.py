@@ -10,7 +10,14 @@ import pytest
 
 from scalinglab.config import ACTIVATIONS, ModelConfig
 from scalinglab.models import build_model, count_params
-from scalinglab.models.layers import activation_fn, apply_rotary, rotary_tables
+from scalinglab.models.layers import (
+    activation_fn,
+    apply_rotary,
+    causal_attention,
+    gelu_tanh,
+    layer_norm,
+    rotary_tables,
+)
 
 B, T = 2, 8
 
@@ -119,8 +126,8 @@ def test_rotary_has_no_position_table_and_scores_depend_on_offset_only() -> None
     q = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))
     k = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
 
-    q_T = np.asarray(apply_rotary(jnp.broadcast_to(q, (1, 16, 1, 8)), cos, sin))[0, :, 0]
-    k_T = np.asarray(apply_rotary(jnp.broadcast_to(k, (1, 16, 1, 8)), cos, sin))[0, :, 0]
+    q_T = np.asarray(apply_rotary(jnp.broadcast_to(q, (1, 1, 16, 8)), cos, sin))[0, 0]
+    k_T = np.asarray(apply_rotary(jnp.broadcast_to(k, (1, 1, 16, 8)), cos, sin))[0, 0]
 
     def score(m: int, n: int) -> float:
         return float(q_T[m] @ k_T[n])
@@ -201,3 +208,40 @@ def test_registry_errors() -> None:
     with pytest.raises(NotImplementedError, match="mup"):
         build_model(tiny(parametrization="mup"))
     assert isinstance(build_model(tiny()), nn.Module)
+
+
+def _vjp_pair(f, ref, args):
+    """Outputs and VJPs (for one random cotangent) of a hand-written VJP and its reference."""
+    out, vjp = jax.vjp(f, *args)
+    ref_out, ref_vjp = jax.vjp(ref, *args)
+    ct = jax.random.normal(jax.random.key(9), out.shape, out.dtype)
+    return out, ref_out, vjp(ct), ref_vjp(ct)
+
+
+def test_hand_written_vjps_match_autodiff() -> None:
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = 3.0 * jax.random.normal(keys[0], (64, 16))
+    out, ref, g, ref_g = _vjp_pair(gelu_tanh, lambda x: jax.nn.gelu(x, approximate=True), (x,))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g[0], ref_g[0], rtol=1e-4, atol=1e-5)
+
+    def ln_ref(x, s, b):
+        m = x.mean(-1, keepdims=True)
+        return (x - m) / jnp.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-5) * s + b
+
+    args = (x, 1 + jax.random.normal(keys[1], (16,)), jax.random.normal(keys[2], (16,)))
+    out, ref, g, ref_g = _vjp_pair(layer_norm, ln_ref, args)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, ref_g, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    def attn_ref(q, k, v):
+        s = jnp.einsum("bhtd,bhsd->bhts", q, k) / jnp.sqrt(q.shape[-1])
+        s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -jnp.inf)
+        return jnp.einsum("bhts,bhsd->bhtd", jax.nn.softmax(s, -1), v)
+
+    qkv = [jax.random.normal(k, (2, 3, T, 4)) for k in keys[3:]]
+    out, ref, g, ref_g = _vjp_pair(causal_attention, attn_ref, qkv)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g, ref_g, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,33 @@ Dtype = jnp.dtype
 
 INIT_STD = 0.02  # GPT-2 initialisation scale
 
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x: Array) -> Array:
+    """GELU, tanh approximation, with a hand-written derivative.
+
+    Autodiff of the tanh form makes XLA compute and store several (B*T, F) residuals in the
+    forward pass; this VJP keeps only the input and recomputes tanh in one fused backward pass
+    (measured: see benchmarks/README.md).
+    """
+    return 0.5 * x * (1.0 + jnp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_fwd(x: Array) -> tuple[Array, Array]:
+    return gelu_tanh(x), x
+
+
+def _gelu_bwd(x: Array, g: Array) -> tuple[Array]:
+    x2 = x * x
+    t = jnp.tanh(_GELU_C * (x + 0.044715 * x2 * x))
+    dy_dx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x2)
+    return (g * dy_dx,)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
@@ -29,7 +57,7 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "leaky_relu": jax.nn.leaky_relu,
     "elu": jax.nn.elu,
     # The tanh approximation (GPT-2's); PyTorch's equivalent is GELU(approximate="tanh").
-    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: gelu_tanh(x),
     "silu": jax.nn.silu,
     # swiglu's elementwise part; the gating itself lives in `Mlp` (two input projections).
     "swiglu": jax.nn.silu,
@@ -52,6 +80,42 @@ def dense_init(std: float = INIT_STD) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=std)
 
 
+def _ln_stats(x: Array, eps: float) -> tuple[Array, Array]:
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    return mean, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float = 1e-5) -> Array:
+    """LayerNorm of a (N, D) float32 array, with a hand-written backward pass.
+
+    The VJP saves only the per-row mean and reciprocal std and computes the input gradient in
+    one fused expression, instead of the several passes autodiff produces.
+    """
+    mean, rstd = _ln_stats(x, eps)
+    return (x - mean) * rstd * scale + bias
+
+
+def _ln_fwd(x: Array, scale: Array, bias: Array, eps: float) -> tuple[Array, tuple]:
+    mean, rstd = _ln_stats(x, eps)
+    return (x - mean) * rstd * scale + bias, (x, mean, rstd, scale)
+
+
+def _ln_bwd(eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
+    x, mean, rstd, scale = res
+    xhat = (x - mean) * rstd
+    gx = g * scale
+    dx = rstd * (
+        gx - jnp.mean(gx, axis=-1, keepdims=True) - xhat * jnp.mean(gx * xhat, -1, keepdims=True)
+    )
+    axes = tuple(range(x.ndim - 1))
+    return dx, jnp.sum(g * xhat, axis=axes), jnp.sum(g, axis=axes)
+
+
+layer_norm.defvjp(_ln_fwd, _ln_bwd)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with statistics in float32; params `scale` and `bias`."""
 
@@ -63,12 +127,7 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        centred = x32 - mean
-        var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + self.eps) * scale + bias
-        return y.astype(self.dtype)
+        return layer_norm(x.astype(jnp.float32), scale, bias, self.eps).astype(self.dtype)
 
 
 def rotary_tables(seq_len: int, d_head: int, base: float = 10000.0) -> tuple[Array, Array]:
@@ -78,19 +137,62 @@ def rotary_tables(seq_len: int, d_head: int, base: float = 10000.0) -> tuple[Arr
     return jnp.cos(angles_TxF), jnp.sin(angles_TxF)
 
 
-def apply_rotary(x_BxTxHxDh: Array, cos_TxF: Array, sin_TxF: Array) -> Array:
+def apply_rotary(x_BxHxTxDh: Array, cos_TxF: Array, sin_TxF: Array) -> Array:
     """Rotate pairs (first half, second half) of each head's features by position (GPT-NeoX)."""
-    half = x_BxTxHxDh.shape[-1] // 2
-    x1, x2 = x_BxTxHxDh[..., :half], x_BxTxHxDh[..., half:]
-    cos = cos_TxF[None, :, None, :].astype(x_BxTxHxDh.dtype)
-    sin = sin_TxF[None, :, None, :].astype(x_BxTxHxDh.dtype)
+    half = x_BxHxTxDh.shape[-1] // 2
+    x1, x2 = x_BxHxTxDh[..., :half], x_BxHxTxDh[..., half:]
+    cos, sin = cos_TxF.astype(x_BxHxTxDh.dtype), sin_TxF.astype(x_BxHxTxDh.dtype)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _causal_probs(q_BxHxTxDh: Array, k_BxHxTxDh: Array) -> Array:
+    """Softmax of the causally masked, scaled scores, in float32."""
+    t, dh = q_BxHxTxDh.shape[-2:]
+    kt_BxHxDhxT = jnp.swapaxes(k_BxHxTxDh, -1, -2)
+    s_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", q_BxHxTxDh, kt_BxHxDhxT).astype(jnp.float32)
+    s_BxHxTxT = s_BxHxTxT * (1.0 / math.sqrt(dh))
+    causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
+    s_BxHxTxT = jnp.where(causal_TxT, s_BxHxTxT, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(s_BxHxTxT, axis=-1)
+
+
+@jax.custom_vjp
+def causal_attention(q_BxHxTxDh: Array, k_BxHxTxDh: Array, v_BxHxTxDh: Array) -> Array:
+    """softmax(q k^T / sqrt(Dh) + causal mask) v, per batch and head, with a hand-written VJP.
+
+    The backward pass reuses the saved probabilities and writes every matmul in the form
+    XLA's CPU backend runs fastest (contracting the left operand's last axis with the right
+    operand's second-to-last), transposing the small (T, Dh) operands instead of the (T, T) ones.
+    """
+    p_BxHxTxT = _causal_probs(q_BxHxTxDh, k_BxHxTxDh).astype(v_BxHxTxDh.dtype)
+    return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxT, v_BxHxTxDh)
+
+
+def _attn_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
+    p_BxHxTxT = _causal_probs(q, k).astype(v.dtype)
+    return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxT, v), (q, k, v, p_BxHxTxT)
+
+
+def _attn_bwd(res: tuple, dy_BxHxTxDh: Array) -> tuple[Array, Array, Array]:
+    q, k, v, p_BxHxTxT = res
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dyt_BxHxDhxT = jnp.swapaxes(dy_BxHxTxDh, -1, -2)
+    dvt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", dyt_BxHxDhxT, p_BxHxTxT)
+    dp_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", dy_BxHxTxDh, jnp.swapaxes(v, -1, -2))
+    p32, dp32 = p_BxHxTxT.astype(jnp.float32), dp_BxHxTxT.astype(jnp.float32)
+    ds_BxHxTxT = (p32 * (dp32 - jnp.sum(dp32 * p32, -1, keepdims=True)) * scale).astype(q.dtype)
+    dq = jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k)
+    dkt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(q, -1, -2), ds_BxHxTxT)
+    return dq, jnp.swapaxes(dkt_BxHxDhxT, -1, -2), jnp.swapaxes(dvt_BxHxDhxT, -1, -2)
+
+
+causal_attention.defvjp(_attn_fwd, _attn_bwd)
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention on flattened (B*T, D) activations.
 
-    One fused qkv projection; the softmax runs in float32. `out_std` is the init scale of
+    One fused qkv projection; scores and softmax in float32. `out_std` is the init scale of
     the output projection (GPT-2 scales residual projections by 1/sqrt(2 * n_layer)).
     """
 
@@ -108,21 +210,14 @@ class CausalSelfAttention(nn.Module):
         b, dh = bt // t, d // h
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
         qkv_BTx3D = nn.Dense(3 * d, kernel_init=dense_init(), name="qkv", **dense)(x_BTxD)
-        qkv_BxTx3xHxDh = qkv_BTx3D.reshape(b, t, 3, h, dh)
-        q_BxTxHxDh = qkv_BxTx3xHxDh[:, :, 0]
-        k_BxTxHxDh = qkv_BxTx3xHxDh[:, :, 1]
-        v_BxTxHxDh = qkv_BxTx3xHxDh[:, :, 2]
+        qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, t, 3, h, dh).transpose(2, 0, 3, 1, 4)
+        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = qkv_3xBxHxTxDh[0], qkv_3xBxHxTxDh[1], qkv_3xBxHxTxDh[2]
         if self.rotary:
             cos_TxF, sin_TxF = rotary_tables(t, dh)
-            q_BxTxHxDh = apply_rotary(q_BxTxHxDh, cos_TxF, sin_TxF)
-            k_BxTxHxDh = apply_rotary(k_BxTxHxDh, cos_TxF, sin_TxF)
-        q_BxTxHxDh = q_BxTxHxDh * jnp.asarray(1.0 / math.sqrt(dh), self.dtype)
-        att_BxHxTxT = jnp.einsum("bthd,bshd->bhts", q_BxTxHxDh, k_BxTxHxDh).astype(jnp.float32)
-        causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
-        att_BxHxTxT = jnp.where(causal_TxT, att_BxHxTxT, jnp.finfo(jnp.float32).min)
-        probs_BxHxTxT = jax.nn.softmax(att_BxHxTxT, axis=-1).astype(self.dtype)
-        y_BxTxHxDh = jnp.einsum("bhts,bshd->bthd", probs_BxHxTxT, v_BxTxHxDh)
-        y_BTxD = y_BxTxHxDh.reshape(bt, d)
+            q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
+            k_BxHxTxDh = apply_rotary(k_BxHxTxDh, cos_TxF, sin_TxF)
+        y_BxHxTxDh = causal_attention(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)
+        y_BTxD = y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(bt, d)
         y_BTxD = nn.Dense(d, kernel_init=dense_init(self.out_std), name="proj", **dense)(y_BTxD)
         return nn.Dropout(self.dropout)(y_BTxD, deterministic=deterministic)
 
