@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 RUNNING, GTOL, FTOL, MAX_ITER, LS_FAIL = -1, 0, 1, 2, 3
+C1, C2 = 1e-4, 0.9  # weak Wolfe: sufficient decrease, curvature
+EXTRAPOLATE = 4.0  # step growth while the step is too short and nothing bracketed
 STATUS_TEXT = {
     GTOL: "converged (gradient below gtol)",
     FTOL: "converged (relative decrease below ftol)",
@@ -53,7 +55,11 @@ class _State(NamedTuple):
     rho: jax.Array  # (m,) 1 / (s.y); 0 marks an empty slot
     d: jax.Array  # current search direction
     t: jax.Array  # step length to try next along d
-    n_ls: jax.Array  # failed tries along d so far
+    lo: jax.Array  # longest step along d known to be too short (0: none)
+    hi: jax.Array  # shortest step along d known to be too long (inf: none)
+    f_lo: jax.Array  # objective and gradient at lo, the fallback step
+    g_lo: jax.Array
+    n_ls: jax.Array  # tries along d so far
     k: jax.Array
     n_eval: jax.Array
     status: jax.Array
@@ -116,46 +122,71 @@ def lbfgs(
     one = jnp.asarray(1.0, x0.dtype)
     d0 = -g0 / jnp.maximum(jnp.linalg.norm(g0), 1e-30)  # no history yet: unit steepest descent
     i0 = jnp.asarray(0)
-    state = _State(x0, f0, g0, zeros, zeros, rho0, d0, one, i0, i0, i0 + 1, status0)
+    inf = jnp.asarray(jnp.inf, x0.dtype)
+    state = _State(
+        x0, f0, g0, zeros, zeros, rho0, d0, one, 0 * one, inf, f0, g0, i0, i0, i0 + 1, status0
+    )
 
     def step(s: _State) -> _State:
         f_try, g_try = value_and_grad(s.x + s.t * s.d, *args)
         slope = jnp.dot(s.g, s.d)
         finite = jnp.isfinite(f_try) & jnp.all(jnp.isfinite(g_try))
-        ok = finite & (f_try <= s.f + 1e-4 * s.t * slope) & (f_try < s.f)
+        armijo = finite & (f_try <= s.f + C1 * s.t * slope) & (f_try < s.f)
+        curved = jnp.dot(g_try, s.d) >= C2 * slope
+        wolfe = armijo & curved
 
-        # Accepted: store the curvature pair if it keeps H positive definite.
-        step_, y = s.t * s.d, g_try - s.g
+        # Bracket the weak-Wolfe step: too long (no sufficient decrease) -> hi;
+        # too short (still steeply descending) -> lo, remembered as a fallback.
+        hi = jnp.where(armijo, s.hi, s.t)
+        short = armijo & ~curved
+        lo = jnp.where(short, s.t, s.lo)
+        f_lo = jnp.where(short, f_try, s.f_lo)
+        g_lo = jnp.where(short, g_try, s.g_lo)
+        n_ls = s.n_ls + 1
+        give_up = ~wolfe & (n_ls >= max_linesearch)
+        ok = wolfe | (give_up & (lo > 0))
+
+        t_acc = jnp.where(wolfe, s.t, lo)
+        step_ = t_acc * s.d
+        f_acc = jnp.where(wolfe, f_try, f_lo)
+        g_acc = jnp.where(wolfe, g_try, g_lo)
+        y = g_acc - s.g
         sy = jnp.dot(step_, y)
-        keep = ok & (sy > 1e-10 * jnp.dot(y, y))
+        keep = ok & (sy > 1e-10 * jnp.dot(y, y))  # keeps H positive definite
         S = jnp.where(keep, jnp.concatenate([s.S[1:], step_[None]]), s.S)
         Y = jnp.where(keep, jnp.concatenate([s.Y[1:], y[None]]), s.Y)
         rho_new = jnp.concatenate([s.rho[1:], (1.0 / jnp.where(keep, sy, 1.0))[None]])
         rho = jnp.where(keep, rho_new, s.rho)
         x = jnp.where(ok, s.x + step_, s.x)
-        f = jnp.where(ok, f_try, s.f)
-        g = jnp.where(ok, g_try, s.g)
+        f = jnp.where(ok, f_acc, s.f)
+        g = jnp.where(ok, g_acc, s.g)
         d = jnp.where(ok, _direction(g, S, Y, rho), s.d)
 
-        # Rejected: the minimiser of the quadratic through f, slope and f_try,
-        # kept within [0.1 t, 0.5 t]; one or two tries where halving needs many.
+        # Next trial along d: extrapolate while unbracketed; the first backtrack
+        # from lo = 0 uses the minimiser of the quadratic through f, slope and
+        # f_try (within [0.1 t, 0.5 t]); otherwise bisect the bracket.
         denom = 2.0 * (f_try - s.f - slope * s.t)
         t_quad = jnp.where(finite & (denom > 0), -slope * s.t**2 / denom, 0.1 * s.t)
-        t = jnp.where(ok, one, jnp.clip(t_quad, 0.1 * s.t, 0.5 * s.t))
-        n_ls = jnp.where(ok, 0, s.n_ls + 1)
+        t_quad = jnp.clip(t_quad, 0.1 * s.t, 0.5 * s.t)
+        bracketed = jnp.isfinite(hi)
+        t_next = jnp.where(bracketed, jnp.where(lo > 0, 0.5 * (lo + hi), t_quad), EXTRAPOLATE * s.t)
+        t = jnp.where(ok, one, t_next)
+        lo = jnp.where(ok, 0.0, lo)
+        hi = jnp.where(ok, jnp.inf, hi)
+        n_ls = jnp.where(ok, 0, n_ls)
 
         k = s.k + ok.astype(s.k.dtype)
         status = jnp.select(
             [
                 ok & (jnp.max(jnp.abs(g)) <= gtol),
                 ok & ((s.f - f) <= ftol * jnp.abs(f)),
-                n_ls >= max_linesearch,
+                give_up & ~ok,
                 k >= max_iter,
             ],
             [GTOL, FTOL, LS_FAIL, MAX_ITER],
             RUNNING,
         )
-        return _State(x, f, g, S, Y, rho, d, t, n_ls, k, s.n_eval + 1, status)
+        return _State(x, f, g, S, Y, rho, d, t, lo, hi, f_lo, g_lo, n_ls, k, s.n_eval + 1, status)
 
     final = jax.lax.while_loop(lambda s: s.status == RUNNING, step, state)
     return LbfgsResult(
