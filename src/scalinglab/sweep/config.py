@@ -81,7 +81,7 @@ class SweepConfig(_Strict):
     def _non_empty_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in grid.items():
             if not values:
-                raise ValueError(f"grid.{key}: needs at least one value")
+                raise ValueError(f"{key}: needs at least one value")
         return grid
 
     @field_validator("zip")
@@ -144,6 +144,9 @@ def format_sweep_error(err: ValidationError, source: str, lines: dict[tuple[str,
             msg = f"not allowed; expected one of {', '.join(EXECUTORS)}"
         elif e["type"] == "string_pattern_mismatch":
             msg = "must be letters, digits, '_', '-' or '.' (it names the run directory)"
+        if e["type"] == "value_error":  # our validators' messages say what they got
+            out.append(f"{where}: {field}: {msg.removeprefix('Value error, ')}")
+            continue
         out.append(f"{where}: {field}: {msg} (got {e.get('input')!r})")
     return "\n".join(out)
 

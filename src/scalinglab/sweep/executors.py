@@ -391,13 +391,14 @@ class SlurmExecutor(Executor):
         except ImportError:
             raise _missing("slurm", "submitit") from None
         self.submitit = submitit
-        self.ex = submitit.AutoExecutor(folder=cfg.folder or folder, cluster=cfg.cluster)
+        self.ex = submitit.AutoExecutor(
+            folder=cfg.folder or folder, cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues
+        )
         params: dict[str, Any] = {
             "timeout_min": cfg.time_min,
             "gpus_per_node": cfg.gpus_per_node,
             "cpus_per_task": cfg.cpus_per_task,
             "slurm_array_parallelism": cfg.array_parallelism,
-            "slurm_max_num_timeout": cfg.max_requeues,
             "name": "scalinglab",
         }
         if cfg.partition:

@@ -78,30 +78,20 @@ def _probe_worker(configs: list[dict[str, Any]], threads: int | None, steps: int
     from scalinglab.sweep.executors import setup_worker
 
     setup_worker(threads, None)
-    import functools
-
     import jax
     import numpy as np
 
-    from scalinglab.models import build_model
-    from scalinglab.optim import build_optimizer
+    from scalinglab.train.loop import build_trainer
     from scalinglab.train.state import init_state
-    from scalinglab.train.step import train_step
 
     out = []
     for raw in configs:
         cfg = TrialConfig.model_validate(raw)
         t0 = time.perf_counter()
-        model = build_model(cfg.model)
-        tx, _ = build_optimizer(cfg.optimizer, 1000)
-        state = init_state(model, tx, jax.random.PRNGKey(0), cfg.data.seq_len)
-        fn = jax.jit(
-            functools.partial(train_step, model=model, tx=tx, use_dropout=cfg.model.dropout > 0),
-            donate_argnums=0,
-        )
-        rng = np.random.default_rng(0)
-        shape = (cfg.train.batch_size, cfg.data.seq_len + 1)
-        batch = rng.integers(0, min(cfg.model.vocab_size, 256), shape).astype(np.int32)
+        trainer = build_trainer(cfg, 1000)
+        state = init_state(trainer.task, trainer.tx, jax.random.PRNGKey(0))
+        fn = trainer.step_fn
+        batch = trainer.task.example_batch(cfg.train.batch_size, np.random.default_rng(0))
         key = jax.random.PRNGKey(1)
         state, m = fn(state, batch, key)
         jax.block_until_ready(m)

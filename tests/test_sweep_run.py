@@ -1,0 +1,311 @@
+"""Running sweeps on local workers: results, resume, failures, locks, kill -9 and two runners.
+
+All trials are tiny (1 layer, 32 wide, synthetic data) and share one JAX compilation cache,
+so after the first compile every trial starts in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scalinglab import runfiles as rf
+from scalinglab.sweep import (
+    SweepError,
+    expand,
+    load_curves,
+    load_runs,
+    load_sweep,
+    run_sweep,
+    sweep_from_dict,
+)
+from scalinglab.sweep.locks import TrialLock, holder
+from scalinglab.train.loop import WALL_CLOCK_FIELDS
+
+BASE = {
+    "model": {"n_layer": 1, "d_model": 32, "n_head": 2},
+    "data": {
+        "source": "synthetic",
+        "seq_len": 32,
+        "synthetic": {"vocab_size": 32, "n_tokens": 60000, "branching": 4},
+    },
+    "optimizer": {"lr": 0.01},
+    "train": {
+        "batch_size": 8,
+        "budget": {"steps": 200},
+        "eval_every": 50,
+        "log_every": 10,
+        "eval_tokens": 1024,
+        "checkpoint_every": 25,
+    },
+}
+
+
+def write_sweep(path: Path, grid: dict[str, list], **extra: Any) -> Path:
+    """A sweep of BASE trials; tests vary seeds so all share one compiled program."""
+    base = json.loads(json.dumps(BASE))
+    doc = {"name": "t", "base": base, "grid": grid, **extra}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "jax_cache"
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS}
+        for r in rf.read_jsonl(run_dir / rf.METRICS)
+    ]
+
+
+def test_run_skip_edit_and_load_runs(tmp_path: Path, cache: Path) -> None:
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1]})
+    sweep, trials = load_sweep(path)
+    out = tmp_path / "out"
+    res = run_sweep(sweep, trials, out, sweep_yaml=path, cache_dir=cache, workers=2)
+    assert res.count("done") == 2 and (out / "sweep.yaml").read_text() == path.read_text()
+    assert (out / "results.parquet").is_file()
+
+    runs = load_runs(out)
+    for col in (
+        "trial_id",
+        "status",
+        "N",
+        "N_nonembed",
+        "D",
+        "C",
+        "final_eval_loss",
+        "best_eval_loss",
+        "steps",
+        "wall_s",
+        "loss",
+        "model.d_model",
+        "seed",
+        "train.batch_size",
+        "optimizer.lr",
+        "data.source",
+        "isoflop_C",
+    ):
+        assert col in runs.columns, col
+    assert sorted(runs["trial_id"]) == sorted(t.trial_id for t in trials)
+    assert (runs["status"] == "done").all() and (runs["D"] == 200 * 8 * 32).all()
+    assert (runs["loss"] == runs["final_eval_loss"]).all()
+    assert sorted(runs["seed"]) == [0, 1] and (runs["model.d_model"] == 32).all()
+    curves = load_curves(out)
+    assert len(curves) == 2 * 4  # evals at steps 50, 100, 150, 200
+    for col in (
+        "trial_id",
+        "step",
+        "tokens",
+        "flops",
+        "eval_loss",
+        "N",
+        "D",
+        "C",
+        "loss",
+        "model.d_model",
+    ):
+        assert col in curves.columns, col
+
+    # Re-running trains nothing; an edited sweep trains only its new trial.
+    again = run_sweep(sweep, trials, out, cache_dir=cache)
+    assert all(o.get("skipped") for o in again.outcomes.values())
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1, 2]})
+    sweep, trials = load_sweep(path)
+    res = run_sweep(sweep, trials, out, sweep_yaml=path, cache_dir=cache)
+    trained = [t for t, o in res.outcomes.items() if not o.get("skipped")]
+    assert len(trained) == 1 and res.outcomes[trained[0]]["status"] == "done"
+    assert (load_runs(out)["attempts"] == 1).all()
+
+
+def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path: Path, cache: Path) -> None:
+    # lr 1e4 diverges; a 1-FLOP budget is below one step (TrialError); 32 trains normally.
+    base = yaml.safe_load(write_sweep(tmp_path / "s.yaml", {}).read_text())["base"]
+    sweep = sweep_from_dict(
+        {
+            "name": "f",
+            "base": base,
+            "grid": {
+                "optimizer.lr": [0.01, 1.0e4],
+                "train.budget": [{"steps": 20}, {"flops": 1.0}],
+            },
+        }
+    )
+    trials = expand(sweep)
+    out = tmp_path / "out"
+    res = run_sweep(sweep, trials, out, cache_dir=cache)
+    by = {
+        (t.config.optimizer.lr, t.config.train.budget.flops is None): res.outcomes[t.trial_id]
+        for t in trials
+    }
+    assert by[(0.01, True)]["status"] == "done"
+    assert by[(1.0e4, True)]["status"] == "diverged"
+    assert by[(0.01, False)]["status"] == "failed"
+    assert "smaller than one step" in by[(0.01, False)]["error"]
+    runs = load_runs(out).set_index("trial_id")
+    failed = [t.trial_id for t in trials if res.outcomes[t.trial_id]["status"] == "failed"]
+    assert all("TrialError" in runs.loc[t, "error"] for t in failed)
+    # Failed trials are skipped on re-run unless asked to retry.
+    res2 = run_sweep(sweep, trials, out, cache_dir=cache)
+    assert all(res2.outcomes[t].get("skipped") for t in failed)
+    res3 = run_sweep(sweep, trials, out, cache_dir=cache, retry_failed=True)
+    assert all(not res3.outcomes[t].get("skipped") for t in failed)
+    assert (load_runs(out).set_index("trial_id").loc[failed, "attempts"] == 2).all()
+
+
+def test_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0]})
+    sweep, trials = load_sweep(path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SweepError, match="not writable"):
+        run_sweep(sweep, trials, blocker / "out")
+    if os.geteuid() != 0:  # root ignores permissions
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(SweepError, match="not writable"):
+            run_sweep(sweep, trials, ro)
+
+
+def test_lock_excludes_and_dies_with_its_process(tmp_path: Path) -> None:
+    lock = TrialLock(tmp_path)
+    assert lock.acquire()
+    assert not TrialLock(tmp_path).acquire()
+    assert holder(tmp_path)["pid"] == os.getpid()
+    lock.release()
+    assert holder(tmp_path) is None
+    # A process killed while holding the lock leaves no stale lock behind.
+    code = (
+        "import sys,time; from scalinglab.sweep.locks import TrialLock; "
+        f"assert TrialLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    assert holder(tmp_path)["pid"] == p.pid and not TrialLock(tmp_path).acquire()
+    p.kill()
+    p.wait()
+    assert TrialLock(tmp_path).acquire()
+
+
+def _runner(path: Path, out: Path, cache: Path, workers: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "scalinglab.cli",
+        "sweep",
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--cache-dir",
+        str(cache),
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _busy_trial(out: Path, min_step: int) -> tuple[Path, int] | None:
+    """A trial being trained past `min_step`, with its worker's pid."""
+    for d in out.glob("*/"):
+        h = holder(d)
+        recs = rf.read_jsonl(d / rf.METRICS)
+        if h and recs and recs[-1]["step"] >= min_step and not (d / rf.SUMMARY).exists():
+            return d, h["pid"]
+    return None
+
+
+def test_kill_9_worker_and_runner_then_rerun_equals_uninterrupted(
+    tmp_path: Path, cache: Path
+) -> None:
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1, 2, 3]})
+    sweep, trials = load_sweep(path)
+    ref = tmp_path / "ref"
+    run_sweep(sweep, trials, ref, cache_dir=cache, workers=2)
+
+    out = tmp_path / "out"
+    runner = _runner(path, out, cache, workers=2)
+    try:
+        _, worker = _wait(lambda: _busy_trial(out, 40), 120, "a trial to pass step 40")
+        os.kill(worker, signal.SIGKILL)  # a worker dies mid-trial: the sweep goes on
+        _wait(lambda: (b := _busy_trial(out, 40)) and b[1] != worker, 120, "a new worker")
+        os.kill(runner.pid, signal.SIGKILL)  # then the runner itself
+        runner.wait(30)
+        # Its workers follow it (they checkpoint first) and leave no lock behind.
+        _wait(lambda: all(holder(d) is None for d in out.glob("*/")), 60, "workers to exit")
+    finally:
+        runner.kill()
+    assert len(list(out.glob("*/summary.json"))) < len(trials)
+
+    res = run_sweep(sweep, trials, out, cache_dir=cache, workers=2)
+    assert res.count("done") == len(trials)
+    runs = load_runs(out).set_index("trial_id")
+    assert (runs["status"] == "done").all()
+    assert runs["attempts"].max() >= 2  # something was resumed
+    for t in trials:
+        assert _records(out / t.trial_id) == _records(ref / t.trial_id), t.trial_id
+    assert sorted(runs["final_eval_loss"]) == sorted(load_runs(ref)["final_eval_loss"])
+
+
+def test_two_concurrent_runners_train_each_trial_once(tmp_path: Path, cache: Path) -> None:
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1, 2]})
+    _, trials = load_sweep(path)
+    out = tmp_path / "out"
+    a, b = _runner(path, out, cache, workers=1), _runner(path, out, cache, workers=1)
+    for p in (a, b):
+        _, errtxt = p.communicate(timeout=300)
+        assert p.returncode == 0, errtxt[-2000:]
+    runs = load_runs(out)
+    assert len(runs) == len(trials) and (runs["status"] == "done").all()
+    assert (runs["attempts"] == 1).all()  # no trial was started twice
+    for t in trials:
+        steps = [r["step"] for r in rf.read_jsonl(out / t.trial_id / rf.METRICS)]
+        assert steps == sorted(set(steps))  # one writer per metrics file
+
+
+def test_cli_plan_status_and_bad_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from scalinglab.cli import app
+
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1]})
+    cli = CliRunner()
+    res = cli.invoke(app, ["sweep", "plan", str(path), "--no-probe", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "2 trials" in res.output and "N_nonembed" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent("""\
+        name: b
+        grid:
+          model.activation: [gelu, gelux]
+    """)
+    )
+    res = cli.invoke(app, ["sweep", "plan", str(bad), "--no-probe"])
+    assert res.exit_code == 2
+    assert "bad.yaml:3: model.activation: not allowed" in res.output
+    res = cli.invoke(app, ["sweep", "status", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "no such sweep directory" in res.output
