@@ -294,13 +294,14 @@ def _fit_fixed_batch(cfg_overrides: dict, steps: int = 25) -> tuple[float, float
     from scalinglab.optim import build_optimizer
     from scalinglab.train.state import init_state
     from scalinglab.train.step import train_step
+    from scalinglab.train.tasks import build_task
 
     cfg = tiny_trial(**cfg_overrides)
-    model = build_model(cfg.model)
+    task = build_task(cfg, build_model(cfg.model))
     tx, _ = build_optimizer(cfg.optimizer, steps)
-    state = init_state(model, tx, jax.random.PRNGKey(0), cfg.data.seq_len)
+    state = init_state(task, tx, jax.random.PRNGKey(0))
     batch = np.random.default_rng(0).integers(0, 32, (8, cfg.data.seq_len + 1), dtype=np.int32)
-    step = jax.jit(functools.partial(train_step, model=model, tx=tx, use_dropout=False))
+    step = jax.jit(functools.partial(train_step, task=task, tx=tx))
     losses = []
     for _ in range(steps):
         state, m = step(state, batch, jax.random.PRNGKey(1))

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import optax
 
 from scalinglab import flops as flops_mod
 from scalinglab import runfiles as rf
@@ -32,6 +33,7 @@ from scalinglab.train import checkpoint as ckpt
 from scalinglab.train import mesh as mesh_mod
 from scalinglab.train.state import abstract_state, init_state
 from scalinglab.train.step import eval_step, train_step
+from scalinglab.train.tasks import build_task
 
 # Fields of a metrics record that depend on the wall clock, not on the computation.
 WALL_CLOCK_FIELDS = ("wall_s", "tokens_per_s")
@@ -106,6 +108,31 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+class Trainer(NamedTuple):
+    """The compiled pieces of one trial: objective, optimiser, schedule and jitted steps."""
+
+    task: Any
+    tx: optax.GradientTransformation
+    schedule: Callable[[int], Any]
+    step_fn: Callable[..., Any]  # (state, batch, key) -> (state, metrics); donates state
+    eval_fn: Callable[..., Any]  # (state, batch) -> metrics
+
+
+def build_trainer(cfg: TrialConfig, total_steps: int) -> Trainer:
+    """Model, objective, optimiser and jitted train/eval steps for `cfg` (no state yet)."""
+    task = build_task(cfg, build_model(cfg.model))
+    tx, schedule = build_optimizer(cfg.optimizer, total_steps)
+    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, task=task))
+    return Trainer(task, tx, schedule, step_fn, eval_fn)
+
+
+def _batch_placement(batch: Any, mesh: Any) -> Any:
+    """Split a batch over the data mesh when it divides evenly; otherwise replicate it."""
+    n = len(jax.tree_util.tree_leaves(batch)[0])
+    return mesh_mod.batch_sharded(mesh) if n % mesh.size == 0 else mesh_mod.replicated(mesh)
+
+
 def _status(run_dir: Path, status: str, **extra: Any) -> None:
     old = rf.read_json(run_dir / rf.STATUS) or {}
     rec = {"status": status, "attempts": old.get("attempts", 0), "error": None, **extra}
@@ -174,28 +201,17 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
     B, T = cfg.train.batch_size, cfg.data.seq_len
     val_host = dataset.val_batches(B, cfg.train.eval_tokens)
 
-    model = build_model(cfg.model)
-    tx, schedule = build_optimizer(cfg.optimizer, total_steps)
-    root = jax.random.PRNGKey(cfg.seed)
-    init_key, dropout_key = jax.random.split(root)
-    use_dropout = cfg.model.dropout > 0
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, use_dropout=use_dropout),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    task, tx, schedule, step_fn, eval_fn = build_trainer(cfg, total_steps)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
 
     manager = ckpt.open_manager(run_dir / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
     mesh = mesh_mod.data_mesh(B)
     state_sharding, batch_sharding = mesh_mod.replicated(mesh), mesh_mod.batch_sharded(mesh)
-    target = mesh_mod.with_sharding(abstract_state(model, tx, T), state_sharding)
-    val = [
-        jax.device_put(b, batch_sharding if len(b) % mesh.size == 0 else state_sharding)
-        for b in val_host
-    ]
+    target = mesh_mod.with_sharding(abstract_state(task, tx), state_sharding)
+    val = [jax.device_put(b, _batch_placement(b, mesh)) for b in val_host]
     restored = ckpt.restore_latest(manager, target)
     if restored is None:
-        state, host = init_state(model, tx, init_key, T, state_sharding), _Host()
+        state, host = init_state(task, tx, init_key, state_sharding), _Host()
         records: list[dict[str, Any]] = []
     else:
         state, host_json = restored
@@ -211,7 +227,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
 
     counts = count_params(state.params)
     fpt = flops_mod.flops_per_token(cfg.model, T, cfg.train.flop_counting)
-    tokens_per_step = B * T
+    tokens_per_step = B * task.units_per_example
     step = int(state.step)
     if progress:
         progress({"event": "start", "step": step, "total_steps": total_steps, **counts})
@@ -244,7 +260,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
     with _StopFlag() as stop:
         while step < total_steps:
             batch = jax.device_put(dataset.train_batch(step, B, cfg.seed), batch_sharding)
-            state, metrics = step_fn(state, batch, dropout_key)
+            state, metrics = step_fn(state, batch, step_key)
             step += 1
             # Read the previous step's loss while this one runs (host/device overlap).
             if pending is not None:
@@ -277,8 +293,10 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
                 host.losses_since_log = []
                 log_t0, log_step0 = now, step
             if is_eval:
-                ev = float(np.mean([float(eval_fn(state.params, b)) for b in val]))
-                rec["eval_loss"] = ev
+                evals = [jax.device_get(eval_fn(state, b)) for b in val]
+                for name in evals[0]:
+                    rec[f"eval_{name}"] = float(np.mean([float(e[name]) for e in evals]))
+                ev = rec["eval_loss"]
                 host.last_eval = ev
                 if not math.isfinite(ev):
                     reason, diverged_at = f"non-finite eval loss at step {step}", step
