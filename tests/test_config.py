@@ -72,3 +72,27 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_trial(overrides=["optimizer.lr"])
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "expected"),
+    [
+        (
+            {"family": "gpt", "width": 3},
+            {},
+            ["model.width", "not a field of model.family 'gpt'", "d_model"],
+        ),
+        ({"family": "rnn"}, {}, ["model.family", "unknown family 'rnn'", "resnet"]),
+        ({"family": "resnet", "width": 8}, {}, ["model.image_size", "required by", "resnet"]),
+        (
+            {"family": "mlp", "image_size": 8, "in_channels": 1, "n_classes": 10},
+            {},
+            ["cannot train on data.source 'stdlib'"],
+        ),
+    ],
+)
+def test_family_fields_are_checked(model: dict, data: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        trial_from_dict({"model": model, "data": data})
+    for part in expected:
+        assert part in str(info.value)

@@ -175,8 +175,8 @@ def test_located_schema_errors(tmp_path: Path) -> None:
         "of local, ray, slurm",
         "name: s\nexecutor:\n  name: local\n  worker: 2\n": "sweep.yaml:4: executor.worker: "
         "unknown field; allowed: name, workers, threads",
-        "name: s\nbase:\n  model:\n    dmodel: 3\n": "sweep.yaml:4: model.dmodel: unknown field; "
-        "allowed: family, size",
+        "name: s\nbase:\n  model:\n    dmodel: 3\n": "sweep.yaml:4: model.dmodel: not a field of "
+        "model.family 'gpt'; allowed: activation",
         "name: s\ngrid:\n  seed: [0]\n  model.activation: [gelu, gelux]\n": "sweep.yaml:4: "
         "model.activation: not allowed; expected 'sigmoid'",
         "name: s\nzip:\n  - {seed: [0, 1], model.d_model: [32]}\n": "sweep.yaml:2: zip: zip group "

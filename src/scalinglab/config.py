@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -42,21 +43,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
-    """Architecture of one model; `size` (from GPT_SIZES) overrides n_layer/d_model/n_head."""
+class _ModelBase(_Strict):
+    """Fields every model family has."""
 
-    family: Literal["gpt"] = "gpt"
+    activation: Activation = "gelu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    parametrization: Literal["standard", "mup"] = "standard"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class _TransformerBase(_ModelBase):
+    """Transformer dimensions; `size` (from GPT_SIZES) overrides n_layer/d_model/n_head."""
+
     size: str | None = None
     n_layer: int = Field(2, ge=1)
     d_model: int = Field(64, ge=1)
     n_head: int = Field(2, ge=1)
     d_ff: int | None = Field(None, ge=1)
-    activation: Activation = "gelu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    parametrization: Literal["standard", "mup"] = "standard"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     vocab_size: int = Field(256, ge=2)
-    positions: Literal["learned", "rotary"] = "learned"
     # Rows of the learned position table; None: the trial's data.seq_len (TrialConfig fills it).
     max_seq_len: int | None = Field(None, ge=1)
     tie_embeddings: bool = True
@@ -77,12 +81,12 @@ class ModelConfig(_Strict):
         return size
 
     @model_validator(mode="after")
-    def _check_heads(self) -> ModelConfig:
+    def _check_heads(self) -> Any:
         if self.d_model % self.n_head:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
             )
-        if self.positions == "rotary" and (self.d_model // self.n_head) % 2:
+        if getattr(self, "positions", None) == "rotary" and (self.d_model // self.n_head) % 2:
             raise ValueError("rotary positions need an even head dimension (d_model / n_head)")
         return self
 
@@ -90,6 +94,86 @@ class ModelConfig(_Strict):
     def ff_dim(self) -> int:
         """Hidden width of the feed-forward block."""
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+
+class ModelConfig(_TransformerBase):
+    """GPT: a decoder-only language model (`model.family: gpt`, the default)."""
+
+    family: Literal["gpt"] = "gpt"
+    positions: Literal["learned", "rotary"] = "learned"
+
+
+class BertConfig(_TransformerBase):
+    """BERT: an encoder with bidirectional attention, trained by masked language modelling."""
+
+    family: Literal["bert"] = "bert"
+    positions: Literal["learned", "rotary"] = "learned"
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)  # share of tokens selected for prediction
+
+
+class T5Config(_TransformerBase):
+    """T5: an encoder-decoder trained on span corruption (the decoder rebuilds masked spans).
+
+    `n_layer` is the encoder depth; `n_decoder_layer` defaults to it.
+    """
+
+    family: Literal["t5"] = "t5"
+    positions: Literal["relative", "learned"] = "relative"
+    n_decoder_layer: int | None = Field(None, ge=1)
+    noise_density: float = Field(0.15, gt=0.0, lt=1.0)  # share of tokens inside masked spans
+    mean_span_length: float = Field(3.0, ge=1.0)
+
+
+class _ImageModelBase(_ModelBase):
+    """Image classifiers: the input and output shapes are required and must match the data."""
+
+    image_size: int = Field(ge=1)  # height = width
+    in_channels: int = Field(ge=1)
+    n_classes: int = Field(ge=2)
+
+
+class MLPConfig(_ImageModelBase):
+    """A fully connected classifier on flattened images; `residual` adds skip connections."""
+
+    family: Literal["mlp"] = "mlp"
+    width: int = Field(128, ge=1)
+    depth: int = Field(2, ge=1)  # hidden layers
+    residual: bool = False
+    batch_norm: bool = False
+
+
+class ResNetConfig(_ImageModelBase):
+    """A convolutional classifier: 3x3 convolutions, batch norm, residual blocks, pooling."""
+
+    family: Literal["resnet"] = "resnet"
+    width: int = Field(16, ge=1)  # channels of the first stage; doubled at every later stage
+    depth: int = Field(1, ge=1)  # residual blocks per stage
+    stages: int = Field(2, ge=1)
+    pool: Literal["max", "avg"] = "avg"
+    batch_norm: bool = True
+
+
+FAMILY_CONFIGS: dict[str, type[_ModelBase]] = {
+    "gpt": ModelConfig,
+    "bert": BertConfig,
+    "t5": T5Config,
+    "mlp": MLPConfig,
+    "resnet": ResNetConfig,
+}
+FAMILIES: tuple[str, ...] = tuple(FAMILY_CONFIGS)
+TEXT_FAMILIES = ("gpt", "bert", "t5")
+IMAGE_FAMILIES = ("mlp", "resnet")
+
+AnyModelConfig = Annotated[
+    ModelConfig | BertConfig | T5Config | MLPConfig | ResNetConfig,
+    Field(discriminator="family"),
+]
+_MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
+
+
+def parse_model_config(data: dict[str, Any]) -> Any:
+    """Validate a `model:` mapping into the config class of its family (default gpt)."""
+    return _MODEL_ADAPTER.validate_python({"family": "gpt", **data})
 
 
 class SyntheticConfig(_Strict):
@@ -101,6 +185,10 @@ class SyntheticConfig(_Strict):
     zipf_exponent: float = Field(1.1, gt=0.0)  # how skewed those choices are
     n_tokens: int = Field(2_000_000, ge=1024)
     seed: int = 0  # the language (its transition table); the trial seed only orders batches
+
+
+TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
+IMAGE_SOURCES: tuple[str, ...] = ()
 
 
 class DataConfig(_Strict):
@@ -190,13 +278,36 @@ class TrialConfig(_Strict):
     """One fully resolved training run."""
 
     seed: int = 0
-    model: ModelConfig = ModelConfig()
+    model: AnyModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, data: Any) -> Any:
+        # The discriminated union needs the tag; a model mapping without one is a GPT.
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            if "family" not in data["model"]:
+                data = {**data, "model": {"family": "gpt", **data["model"]}}
+            family = data["model"]["family"]
+            if isinstance(family, str) and family not in FAMILY_CONFIGS:
+                raise ValueError(
+                    f"model.family: unknown family {family!r}; allowed: {', '.join(FAMILIES)}"
+                )
+        return data
+
     @model_validator(mode="after")
     def _fill_max_seq_len(self) -> TrialConfig:
+        fam = self.model.family
+        if (fam in TEXT_FAMILIES) != (self.data.source in TEXT_SOURCES):
+            allowed = TEXT_SOURCES if fam in TEXT_FAMILIES else IMAGE_SOURCES
+            raise ValueError(
+                f"model.family {fam!r} cannot train on data.source {self.data.source!r}; "
+                f"allowed sources: {', '.join(allowed)}"
+            )
+        if fam in IMAGE_FAMILIES:
+            return self
         # The learned position table is sized to the data unless the config says otherwise.
         if self.model.max_seq_len is None:
             self.model.max_seq_len = self.data.seq_len
@@ -243,7 +354,10 @@ def format_validation_error(
     out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        # pydantic puts union/literal tags in loc; keep only the path prefix that exists.
+        family = None
+        if len(loc) >= 2 and loc[0] == "model" and loc[1] in FAMILY_CONFIGS:
+            # The discriminated union puts the family tag in loc: model.gpt.size -> model.size.
+            family, loc = loc[1], (loc[0], *loc[2:])
         field = ".".join(loc) or "<root>"
         line = None
         if lines:
@@ -254,11 +368,16 @@ def format_validation_error(
         where = f"{source}:{line}" if line else source
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = FAMILY_CONFIGS[family] if family and len(loc) == 2 else _model_at(loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent else "see DESIGN.md"
-            msg = f"unknown field; allowed: {allowed}"
+            what = f"not a field of model.family {family!r}" if family else "unknown field"
+            msg = f"{what}; allowed: {allowed}"
         elif e["type"] == "literal_error":
             msg = "not allowed; " + msg.replace("Input should be", "expected")
+        elif e["type"] == "missing" and family:
+            msg = f"required by model.family {family!r}"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         out.append(f"{where}: {field}: {msg} (got {e.get('input')!r})")
     return "\n".join(out)
 

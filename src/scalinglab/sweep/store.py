@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from scalinglab import runfiles as rf
-from scalinglab.config import ModelConfig
+from scalinglab.config import parse_model_config
 from scalinglab.flops import param_counts
 
 RESULTS = "results.parquet"
@@ -74,7 +74,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
         row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
     else:  # not trained yet: what the config alone tells
         try:
-            counts = param_counts(ModelConfig.model_validate(cfg.get("model", {})))
+            counts = param_counts(parse_model_config(cfg.get("model", {})))
             row.update(N=counts["total"], N_nonembed=counts["non_embedding"])
         except (ValueError, TypeError):
             pass
