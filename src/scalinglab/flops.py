@@ -15,7 +15,8 @@ parameter count, L = n_layer, T = seq_len, d = d_model, V = vocab_size:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from scalinglab.config import ModelConfig
 
@@ -32,14 +33,9 @@ def _layer_params(cfg: ModelConfig) -> int:
     return norms + attn + mlp
 
 
-def param_counts(cfg: ModelConfig) -> dict[str, int]:
-    """Total, embedding and non-embedding parameters of the model `cfg` describes.
-
-    Embedding parameters (Kaplan's exclusion): the token embedding, the learned position table
-    (`max_seq_len` rows) and an untied unembedding; see `scalinglab.models.count_params`.
-    """
-    if cfg.family != "gpt":
-        raise ValueError(f"param_counts: unknown model.family {cfg.family!r}; allowed: gpt")
+def _gpt_param_counts(cfg: ModelConfig) -> dict[str, int]:
+    """GPT: embedding parameters (Kaplan's exclusion) are the token embedding, the learned
+    position table (`max_seq_len` rows) and an untied unembedding."""
     d = cfg.d_model
     embedding = cfg.vocab_size * d
     if cfg.positions == "learned":
@@ -56,9 +52,8 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     }
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, counting: str = "kaplan") -> float:
-    """Training FLOPs (forward + backward) per token; see the module docstring for formulas."""
-    n_ne = param_counts(cfg)["non_embedding"]
+def _gpt_flops_per_token(cfg: ModelConfig, seq_len: int, counting: str) -> float:
+    n_ne = _gpt_param_counts(cfg)["non_embedding"]
     if counting == "kaplan":
         return 6.0 * n_ne
     if counting == "full":
@@ -66,6 +61,32 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, counting: str = "kaplan") ->
         forward = 2.0 * n_ne + 2.0 * cfg.vocab_size * d + 2.0 * cfg.n_layer * seq_len * d
         return 3.0 * forward
     raise ValueError(f"unknown flop counting {counting!r}; allowed: {', '.join(COUNTINGS)}")
+
+
+# Per-family counters (STYLE.md #8): each family adds its pair here.
+PARAM_COUNTS: dict[str, Callable[[Any], dict[str, int]]] = {"gpt": _gpt_param_counts}
+FLOPS_PER_TOKEN: dict[str, Callable[[Any, int, str], float]] = {"gpt": _gpt_flops_per_token}
+
+
+def _family(table: dict[str, Any], cfg: Any) -> Any:
+    fn = table.get(cfg.family)
+    if fn is None:
+        raise ValueError(f"model.family: no counts for {cfg.family!r}; allowed: {', '.join(table)}")
+    return fn
+
+
+def param_counts(cfg: Any) -> dict[str, int]:
+    """Total, embedding and non-embedding parameters of the model `cfg` describes (equal to
+    `scalinglab.models.count_params` of the initialised model)."""
+    return _family(PARAM_COUNTS, cfg)(cfg)
+
+
+def flops_per_token(cfg: Any, seq_len: int, counting: str = "kaplan") -> float:
+    """Training FLOPs (forward + backward) per unit of D: per token for sequence models, per
+    example for image classifiers. See the module docstring for the formulas."""
+    if counting not in COUNTINGS:
+        raise ValueError(f"unknown flop counting {counting!r}; allowed: {', '.join(COUNTINGS)}")
+    return _family(FLOPS_PER_TOKEN, cfg)(cfg, seq_len, counting)
 
 
 def tokens_for_flops(
