@@ -79,6 +79,7 @@ class _Host:
     initial_loss: float | None = None
     best_eval: float | None = None
     last_eval: float | None = None
+    last_eval_metrics: dict[str, float] = field(default_factory=dict)
     bad_evals: int = 0
     wall_s: float = 0.0
     data_sha256: str | None = None
@@ -193,7 +194,8 @@ def run_trial(
 def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict[str, Any]:
     total_steps = plan_steps(cfg)
     dataset = build_dataset(cfg.data)
-    if dataset.vocab_size > cfg.model.vocab_size:
+    vocab = getattr(cfg.model, "vocab_size", None)
+    if vocab is not None and dataset.vocab_size > vocab:
         raise TrialError(
             f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the data's vocabulary "
             f"({dataset.vocab_size})"
@@ -298,6 +300,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
                     rec[f"eval_{name}"] = float(np.mean([float(e[name]) for e in evals]))
                 ev = rec["eval_loss"]
                 host.last_eval = ev
+                host.last_eval_metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}
                 if not math.isfinite(ev):
                     reason, diverged_at = f"non-finite eval loss at step {step}", step
                 improved = host.best_eval is None or ev < host.best_eval - (
@@ -353,6 +356,7 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
         "steps": step,
         "planned_steps": total_steps,
         "final_eval_loss": host.last_eval,
+        **{f"final_{k}": v for k, v in host.last_eval_metrics.items() if k != "eval_loss"},
         "best_eval_loss": host.best_eval,
         "diverged": reason,
         "diverged_step": diverged_at,
