@@ -174,3 +174,15 @@ def test_lbfgs_status_codes_are_reported():
     with jax.enable_x64(True):
         res = lbfgs(lambda x: jnp.sum((x - 3.0) ** 2), jnp.zeros(3))
     assert int(res.status) == GTOL and float(res.value) < 1e-18
+
+
+def test_recovers_kaplan_law():
+    true = {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}
+    N, D = (a.ravel() for a in np.meshgrid(np.logspace(7, 10, 6), np.logspace(9, 12, 6)))
+    ratio = true["alpha_N"] / true["alpha_D"]
+    loss = ((true["N_c"] / N) ** ratio + true["D_c"] / D) ** true["alpha_D"]
+    fit = F.fit_kaplan(
+        pd.DataFrame({"N": N, "D": D, "loss": loss}), starts=laws.KAPLAN.start_grid()[::7]
+    )
+    assert fit.converged
+    assert fit.params == pytest.approx(true, rel=1e-6)

@@ -1,0 +1,34 @@
+"""Scaling-law analysis: laws, robust fits with bootstrap intervals, compute-optimal allocation.
+
+Needs no training code: any table of runs with N, D and loss will do.
+``analysis.plots`` (matplotlib) is imported on demand.
+"""
+
+from scalinglab.analysis.backtest import Backtest, backtest
+from scalinglab.analysis.fit import (
+    DataError,
+    Fit,
+    fit_chinchilla,
+    fit_kaplan,
+    fit_law,
+    fit_power_law,
+)
+from scalinglab.analysis.optimal import Approach, approach1, approach2, approach3, compute_optimal
+from scalinglab.analysis.tables import load_source
+
+__all__ = [
+    "Approach",
+    "Backtest",
+    "DataError",
+    "Fit",
+    "approach1",
+    "approach2",
+    "approach3",
+    "backtest",
+    "compute_optimal",
+    "fit_chinchilla",
+    "fit_kaplan",
+    "fit_law",
+    "fit_power_law",
+    "load_source",
+]
