@@ -19,6 +19,8 @@ _EXPORTS = {
     "fit_kaplan": "scalinglab.analysis.fit",
     "fit_power_law": "scalinglab.analysis.fit",
     "Fit": "scalinglab.analysis.fit",
+    "backtest": "scalinglab.analysis.backtest",
+    "compute_optimal": "scalinglab.analysis.optimal",
     "run_trial": "scalinglab.train.loop",
     "load_trial": "scalinglab.config",
 }
