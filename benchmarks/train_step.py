@@ -231,6 +231,7 @@ def bench_size(
         if tr.n_params != jr.n_params:
             raise AssertionError(f"parameter counts differ: torch {tr.n_params}, jax {jr.n_params}")
         tr.compile_and_first_step()
+    load_before = os.getloadavg()[0]
     jax_tps, torch_tps, peaks, mfus = [], [], [], []
     for _ in range(rounds):
         # Each round measures the matmul peak, JAX and PyTorch back to back, so that all three
@@ -261,6 +262,10 @@ def bench_size(
         "compile_s": compile_s,
         "peak_flops": statistics.median(peaks),
         "peak_flops_rounds": peaks,
+        "peak_matmul_n": peak_size,
+        # 1-minute load average before and after: on a shared machine, rows measured under a
+        # load above the core count are not representative (PyTorch's OpenMP suffers most).
+        "loadavg": [load_before, os.getloadavg()[0]],
     }
     if torch_tps:
         out["torch_tokens_per_s"] = statistics.median(torch_tps)
@@ -274,7 +279,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     """A plain-text table, one row per size."""
     head = (
         f"{'d_model':>7} {'params':>10} {'jax tok/s':>10} {'torch tok/s':>11} "
-        f"{'ratio':>6} {'jax ms':>7} {'torch ms':>8} {'MFU':>6} {'compile s':>9}"
+        f"{'ratio':>6} {'jax ms':>7} {'torch ms':>8} {'MFU':>6} {'compile s':>9} {'load':>9}"
     )
     print(head)
     for r in results:
@@ -283,10 +288,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['d_model']:>7} {r['n_params']:>10,} {r['tokens_per_s']:>10,.0f} "
             f"{(f'{t:,.0f}' if t else '-'):>11} {r.get('ratio', float('nan')):>6.2f} "
             f"{r['step_ms']:>7.1f} {r.get('torch_step_ms', float('nan')):>8.1f} "
-            f"{100 * r['mfu']:>5.1f}% {r['compile_s']:>9.2f}"
+            f"{100 * r['mfu']:>5.1f}% {r['compile_s']:>9.2f} "
+            f"{r['loadavg'][0]:>4.1f}-{r['loadavg'][1]:<4.1f}"
         )
     peaks = ", ".join(f"{r['peak_flops'] / 1e9:.0f}" for r in results)
-    print(f"f32 matmul peak (2048^3, median of rounds): {peaks} GFLOP/s; cores: {n_cores()}")
+    n = results[0]["peak_matmul_n"]
+    print(f"f32 matmul peak ({n}^3, median of rounds): {peaks} GFLOP/s; cores: {n_cores()}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
