@@ -91,6 +91,15 @@ def trial_flops(trial: Trial) -> float:
     return fpt * steps * cfg.train.batch_size * cfg.data.seq_len
 
 
+def _steps(trial: Trial) -> int:
+    from scalinglab.train.loop import TrialError, plan_steps
+
+    try:
+        return plan_steps(trial.config)
+    except TrialError:
+        return 0
+
+
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -179,6 +188,9 @@ def run_sweep(
                 "retry_failed": retry_failed,
             }
     by_id = {t.trial_id: t for t in trials}
+    # Longest first (most steps: tiny models are step-bound), so the sweep does not end with
+    # one worker training a long trial while the others idle.
+    specs = dict(sorted(specs.items(), key=lambda kv: -_steps(by_id[kv[0]])))
 
     def emit(event: str, **kw: Any) -> None:
         if progress:
