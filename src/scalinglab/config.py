@@ -187,25 +187,84 @@ class SyntheticConfig(_Strict):
     seed: int = 0  # the language (its transition table); the trial seed only orders batches
 
 
+class AugmentConfig(_Strict):
+    """Image augmentation, drawn on the fly from the trial's key in training (never in eval)."""
+
+    crop_pad: int = Field(0, ge=0)  # zero-pad by this many pixels, crop back at a random offset
+    flip: bool = False  # horizontal flip with probability 1/2
+    brightness: float = Field(0.0, ge=0.0)  # add U(-b, b) to every pixel of an image
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)  # scale deviations from the mean by U(1-c, 1+c)
+
+
+class ShapesConfig(_Strict):
+    """The generated image task: one noisy bar per image whose orientation is the class.
+
+    Difficulty grows with `noise` (pixel noise std; the bar's peak is about 1), with `n_classes`
+    (orientations pi/n_classes apart) and shrinks with `image_size`. `n_classes: 2` is a binary
+    task (horizontal vs vertical). Deterministic given `seed`.
+    """
+
+    image_size: int = Field(16, ge=4)
+    channels: int = Field(1, ge=1)
+    n_classes: int = Field(4, ge=2, le=32)
+    noise: float = Field(0.5, ge=0.0)
+    n_train: int = Field(4096, ge=1)
+    n_val: int = Field(1024, ge=1)
+    seed: int = 0
+
+
 TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
-IMAGE_SOURCES: tuple[str, ...] = ()
+IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
+# (image_size, channels, n_classes) of scikit-learn's bundled handwritten digits.
+DIGITS_SPEC = (8, 1, 10)
 
 
 class DataConfig(_Strict):
-    """Where tokens come from, and how they are cut into sequences."""
+    """Where tokens (or images) come from, and how they are cut into sequences.
 
-    source: Literal["stdlib", "text", "tokens", "synthetic"] = "stdlib"
+    For image sources one example is one unit of D: `seq_len` is 1 (the default there; any
+    other value is an error), so `batch_size * seq_len` counts examples everywhere.
+    """
+
+    source: Literal["stdlib", "text", "tokens", "synthetic", "digits", "shapes"] = "stdlib"
     seq_len: int = Field(64, ge=1)
     path: str | None = None
     val_frac: float = Field(0.02, gt=0.0, lt=0.5)
     max_tokens: int | None = Field(None, ge=1)  # cap on the corpus read (stdlib/text)
     synthetic: SyntheticConfig = SyntheticConfig()
+    augment: AugmentConfig = AugmentConfig()
+    shapes: ShapesConfig = ShapesConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_seq_len(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") in IMAGE_SOURCES:
+            data = {"seq_len": 1, **data}
+        return data
 
     @model_validator(mode="after")
     def _check_path(self) -> DataConfig:
         if self.source in ("text", "tokens") and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.source in IMAGE_SOURCES and self.seq_len != 1:
+            raise ValueError(
+                f"data.seq_len must be 1 for image source {self.source!r} (one example is one "
+                f"unit of D); remove it"
+            )
+        if self.source in TEXT_SOURCES and self.augment != AugmentConfig():
+            raise ValueError(
+                f"data.augment applies to image sources only ({', '.join(IMAGE_SOURCES)}); "
+                f"data.source is {self.source!r}"
+            )
         return self
+
+    def image_spec(self) -> tuple[int, int, int] | None:
+        """(image_size, channels, n_classes) of an image source; None for text sources."""
+        if self.source == "digits":
+            return DIGITS_SPEC
+        if self.source == "shapes":
+            return (self.shapes.image_size, self.shapes.channels, self.shapes.n_classes)
+        return None
 
 
 class ScheduleConfig(_Strict):
@@ -307,6 +366,7 @@ class TrialConfig(_Strict):
                 f"allowed sources: {', '.join(allowed)}"
             )
         if fam in IMAGE_FAMILIES:
+            self._check_image_shapes()
             return self
         # The learned position table is sized to the data unless the config says otherwise.
         if self.model.max_seq_len is None:
@@ -317,6 +377,31 @@ class TrialConfig(_Strict):
                 f"({self.model.max_seq_len})"
             )
         return self
+
+    def _check_image_shapes(self) -> None:
+        """The model's input and output shapes must be the data's (checked before any compile)."""
+        spec = self.data.image_spec()
+        assert spec is not None  # family/source compatibility is checked first
+        fields = ("image_size", "in_channels", "n_classes")
+        data_fields = ("image_size", "channels", "n_classes")
+        for field, data_field, want in zip(fields, data_fields, spec, strict=True):
+            got = getattr(self.model, field)
+            if got != want:
+                where = (
+                    f"data.shapes.{data_field}"
+                    if self.data.source == "shapes"
+                    else f"data.source {self.data.source!r}"
+                )
+                raise ValueError(
+                    f"model.{field} ({got}) does not match {where} ({want}); set model.{field}: "
+                    f"{want}"
+                )
+        stages = getattr(self.model, "stages", 1)
+        if self.model.image_size >> (stages - 1) < 1:
+            raise ValueError(
+                f"model.stages: {stages} stages halve model.image_size "
+                f"({self.model.image_size}) {stages - 1} times, below one pixel"
+            )
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,8 @@
-"""Token data for training: a registry of sources, each giving a deterministic, resumable Dataset.
+"""Training data: a registry of sources, each giving a deterministic, resumable Dataset.
 
-`build_dataset(cfg)` maps `cfg.source` to a builder (STYLE.md #8); every builder returns the
-whole token stream, which is split into train and a fixed validation tail the same way for all.
+`build_dataset(cfg)` maps `cfg.source` to a builder (STYLE.md #8). Every text builder returns
+the whole token stream, which is split into train and a fixed validation tail the same way for
+all; image builders (`IMAGE_BUILDERS`) return an `ImageDataset` with the same batch interface.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 from scalinglab.config import DataConfig
 from scalinglab.data.batches import Corpus, DataError, Dataset, sha256_of, split
+from scalinglab.data.images import ImageDataset, digits_dataset, shapes_dataset
 from scalinglab.data.synthetic import MarkovLanguage, make_language, synthetic_corpus
 from scalinglab.data.text import decode, encode, stdlib_corpus, text_corpus, token_corpus
 
@@ -19,23 +21,30 @@ SOURCES: dict[str, Callable[[DataConfig], Corpus]] = {
     "tokens": token_corpus,
     "synthetic": synthetic_corpus,
 }
+IMAGE_BUILDERS: dict[str, Callable[[DataConfig], ImageDataset]] = {
+    "digits": digits_dataset,
+    "shapes": shapes_dataset,
+}
 
 
-def build_dataset(cfg: DataConfig) -> Dataset:
+def build_dataset(cfg: DataConfig) -> Dataset | ImageDataset:
     """The Dataset a data config describes; bad input raises a one-line DataError."""
+    if cfg.source in IMAGE_BUILDERS:
+        return IMAGE_BUILDERS[cfg.source](cfg)
     builder = SOURCES.get(cfg.source)
     if builder is None:
-        raise DataError(
-            f"data.source: unknown source {cfg.source!r}; allowed: {', '.join(SOURCES)}"
-        )
+        allowed = ", ".join([*SOURCES, *IMAGE_BUILDERS])
+        raise DataError(f"data.source: unknown source {cfg.source!r}; allowed: {allowed}")
     return split(builder(cfg), cfg.seq_len, cfg.val_frac)
 
 
 __all__ = [
+    "IMAGE_BUILDERS",
     "SOURCES",
     "Corpus",
     "DataError",
     "Dataset",
+    "ImageDataset",
     "MarkovLanguage",
     "build_dataset",
     "decode",

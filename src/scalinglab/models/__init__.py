@@ -10,9 +10,19 @@ import jax
 import numpy as np
 
 from scalinglab.config import ModelConfig
+from scalinglab.models.bert import Bert
 from scalinglab.models.gpt import GPT
+from scalinglab.models.mlp import MLP
+from scalinglab.models.resnet import ResNet
+from scalinglab.models.t5 import T5
 
-_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {"gpt": GPT}
+_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "gpt": GPT,
+    "bert": Bert,
+    "t5": T5,
+    "mlp": MLP,
+    "resnet": ResNet,
+}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -54,4 +64,4 @@ def count_params(params: Any) -> dict[str, int]:
     return counts
 
 
-__all__ = ["GPT", "build_model", "count_params", "is_embedding_path"]
+__all__ = ["GPT", "MLP", "ResNet", "build_model", "count_params", "is_embedding_path"]

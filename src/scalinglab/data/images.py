@@ -1,0 +1,210 @@
+"""Image classification data: scikit-learn's bundled digits and a generated bars task.
+
+Both sources give an `ImageDataset`: float32 images in [0, 1] (plus noise for the generated
+task) of shape (N, H, W, C), int32 labels, a fixed train/validation split, and batches that are
+a pure function of (step, batch_size, seed), shuffled per epoch, so a resumed run sees exactly
+the batches an uninterrupted one would. One example is one unit of D (`data.seq_len` is 1).
+
+- `digits`: the 1,797 8x8 grey handwritten digits that scikit-learn ships (real images, no
+  download), split once by a fixed permutation into 1,500 train and 297 validation images.
+- `shapes`: one bar per image through a jittered centre; its orientation (n_classes angles
+  pi/n_classes apart, each jittered by a quarter of that spacing) is the class; its length,
+  width and colour vary; Gaussian pixel noise of std `noise` is added. Difficulty is set by
+  `noise`, `n_classes` and `image_size`; the images depend only on `shapes.seed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scalinglab.config import DataConfig, ShapesConfig
+from scalinglab.data.batches import DataError
+
+# Epoch permutations kept per dataset; two cover a batch that straddles an epoch boundary.
+_EPOCH_CACHE_SIZE = 4
+DIGITS_N_VAL = 297  # 1797 = 1500 train + 297 validation
+DIGITS_SPLIT_SEED = 0  # the split never depends on the trial seed
+
+
+def _rng(*ints: int) -> np.random.Generator:
+    return np.random.default_rng([int(i) % 2**64 for i in ints])
+
+
+def images_sha256(*arrays: np.ndarray) -> str:
+    """sha256 over the raw bytes of the arrays, in order (images, then labels)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """Train and validation images with resumable batch functions (the `Dataset` contract)."""
+
+    train_images: np.ndarray  # float32 (N_train, H, W, C)
+    train_labels: np.ndarray  # int32 (N_train,)
+    val_images: np.ndarray  # float32 (N_val, H, W, C)
+    val_labels: np.ndarray  # int32 (N_val,)
+    info: dict[str, Any]
+    _epochs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _val_cache: dict[tuple[int, int], list[dict[str, np.ndarray]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.train_images
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.val_images
+
+    @property
+    def windows_per_epoch(self) -> int:
+        """Training examples per epoch (the planner's name for it, shared with text data)."""
+        return len(self.train_labels)
+
+    def epoch(self, step: int, batch_size: int) -> float:
+        """Epochs of training data consumed after `step` batches of `batch_size` examples."""
+        return step * batch_size / self.windows_per_epoch
+
+    def _perm(self, epoch: int, seed: int) -> np.ndarray:
+        key = (seed, epoch)
+        perm = self._epochs.get(key)
+        if perm is None:
+            perm = _rng(seed, epoch).permutation(self.windows_per_epoch)
+            if len(self._epochs) >= _EPOCH_CACHE_SIZE:
+                self._epochs.pop(next(iter(self._epochs)))
+            self._epochs[key] = perm
+        return perm
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+        """`{"image": float32 (B, H, W, C), "label": int32 (B,)}`.
+
+        Row i of step s is example number s * batch_size + i of an endless sequence of epochs,
+        each a permutation of the training set drawn from default_rng((seed, epoch)): every
+        example is seen once per epoch and the batch depends on nothing but the arguments.
+        """
+        n = self.windows_per_epoch
+        flat = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+        epoch, j = np.divmod(flat, n)
+        idx = np.empty(batch_size, np.int64)
+        for e in np.unique(epoch):
+            rows = epoch == e
+            idx[rows] = self._perm(int(e), seed)[j[rows]]
+        return {"image": self.train_images[idx], "label": self.train_labels[idx]}
+
+    def val_batches(self, batch_size: int, n_examples: int) -> list[dict[str, np.ndarray]]:
+        """The same validation batches every call, from the start of the validation split.
+
+        As many full batches as cover `n_examples` (rounded up), fewer if the split runs out,
+        so evaluation compiles one shape; a split smaller than one batch gives one smaller
+        batch of all of it. Arrays are read-only and shared between calls.
+        """
+        key = (batch_size, n_examples)
+        if key not in self._val_cache:
+            n_val = len(self.val_labels)
+            if n_val < batch_size:
+                k, size = 1, n_val
+            else:
+                k, size = min(math.ceil(n_examples / batch_size), n_val // batch_size), batch_size
+            batches = []
+            for i in range(k):
+                img = self.val_images[i * size : (i + 1) * size]
+                lab = self.val_labels[i * size : (i + 1) * size]
+                img.setflags(write=False)
+                lab.setflags(write=False)
+                batches.append({"image": img, "label": lab})
+            self._val_cache[key] = batches
+        return list(self._val_cache[key])
+
+
+def _dataset(
+    source: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    n_val: int,
+    n_classes: int,
+    extra: dict[str, Any],
+) -> ImageDataset:
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    n = len(labels)
+    info = {
+        "source": source,
+        "n_train": n - n_val,
+        "n_val": n_val,
+        "image_size": int(images.shape[1]),
+        "channels": int(images.shape[3]),
+        "n_classes": n_classes,
+        "sha256": images_sha256(images, labels),
+        **extra,
+    }
+    cut = n - n_val
+    return ImageDataset(images[:cut], labels[:cut], images[cut:], labels[cut:], info)
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as float32 (1797, 8, 8, 1) in [0, 1] and int32 labels, in a fixed
+    shuffled order (the validation split is the last DIGITS_N_VAL)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError(
+            "data.source: 'digits' needs scikit-learn (pip install 'scikit-learn>=1.3')"
+        ) from None
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int32)
+    order = _rng(DIGITS_SPLIT_SEED).permutation(len(labels))
+    return images[order], labels[order]
+
+
+def digits_dataset(cfg: DataConfig) -> ImageDataset:
+    """The `digits` source: 1,500 train and 297 validation 8x8x1 images of 10 classes."""
+    images, labels = load_digits_arrays()
+    return _dataset("digits", images, labels, DIGITS_N_VAL, 10, {})
+
+
+def make_shapes(cfg: ShapesConfig, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` noisy bar images (float32 (n, S, S, C)) and their orientation classes (int32).
+
+    The bar is a Gaussian ridge of width w across its axis, cut to length L along it, through
+    a centre jittered by up to S/8; its colour is U(0.5, 1) per channel.
+    """
+    rng = _rng(seed)
+    s, k, c = cfg.image_size, cfg.n_classes, cfg.channels
+    labels = rng.integers(0, k, n)
+    spacing = math.pi / k
+    theta = labels * spacing + rng.uniform(-0.25, 0.25, n) * spacing
+    centre = (s - 1) / 2 + rng.uniform(-s / 8, s / 8, (n, 2))
+    length = rng.uniform(0.5, 0.9, n) * s
+    width = rng.uniform(0.04, 0.08, n) * s
+    colour = rng.uniform(0.5, 1.0, (n, c))
+    yy, xx = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    dy = yy[None] - centre[:, 0, None, None]
+    dx = xx[None] - centre[:, 1, None, None]
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    along = dx * cos + dy * sin
+    across = -dx * sin + dy * cos
+    w = width[:, None, None]
+    bar = np.exp(-0.5 * (across / w) ** 2) * (np.abs(along) <= length[:, None, None] / 2)
+    images = bar[..., None] * colour[:, None, None, :]
+    images = images + cfg.noise * rng.standard_normal(images.shape)
+    return images.astype(np.float32), labels.astype(np.int32)
+
+
+def shapes_dataset(cfg: DataConfig) -> ImageDataset:
+    """The `shapes` source: `data.shapes.n_train` + `n_val` generated bar images."""
+    sc = cfg.shapes
+    images, labels = make_shapes(sc, sc.n_train + sc.n_val, sc.seed)
+    extra = {"noise": sc.noise, "seed": sc.seed}
+    return _dataset("shapes", images, labels, sc.n_val, sc.n_classes, extra)
