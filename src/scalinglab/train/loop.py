@@ -257,33 +257,30 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
             )
         return None
 
-    pending: tuple[int, dict[str, jax.Array]] | None = None
+    # Losses stay on the device until the next log/eval/checkpoint point and are then read in
+    # one transfer: no per-step host sync, so the host prepares batch t+1 while step t runs.
+    pending: list[tuple[int, jax.Array]] = []
     reason = None
     with _StopFlag() as stop:
         while step < total_steps:
             batch = jax.device_put(dataset.train_batch(step, B, cfg.seed), batch_sharding)
             state, metrics = step_fn(state, batch, step_key)
             step += 1
-            # Read the previous step's loss while this one runs (host/device overlap).
-            if pending is not None:
-                reason = check(pending[0], float(pending[1]["loss"]))
-                host.losses_since_log.append(float(pending[1]["loss"]))
-                pending = None
-                if reason:
-                    diverged_at = step - 1
-                    break
-            pending = (step, metrics)
+            pending.append((step, metrics["loss"]))
             is_log = step % cfg.train.log_every == 0 or step == total_steps
             is_eval = step % cfg.train.eval_every == 0 or step == total_steps
             is_ckpt = step % cfg.train.checkpoint_every == 0
             if not (is_log or is_eval or is_ckpt or stop.signum):
                 continue
-            loss = float(metrics["loss"])
-            pending = None
-            reason = check(step, loss)
-            host.losses_since_log.append(loss)
+            losses = jax.device_get([loss for _, loss in pending])
+            for (s, _), loss in zip(pending, losses, strict=True):
+                reason = check(s, float(loss))
+                host.losses_since_log.append(float(loss))
+                if reason:
+                    diverged_at = s
+                    break
+            pending = []
             if reason:
-                diverged_at = step
                 break
             rec: dict[str, Any] = {}
             if is_log:
