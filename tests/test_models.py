@@ -101,7 +101,7 @@ def test_gradients_match_central_differences() -> None:
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_each_activation_builds_and_gives_finite_logits(activation: str) -> None:
-    cfg = tiny(activation=activation)
+    cfg = tiny(n_layer=1, activation=activation)
     model, params, tokens = init(cfg)
     logits = apply(model, params, tokens)
     assert logits.shape == (B, T, cfg.vocab_size)
