@@ -22,8 +22,9 @@ V + S ids a target can hold.
 
 Span corruption (`span_layout`, `span_corrupt`) is T5's `random_spans_noise_mask` with static
 shapes: a sequence of T tokens has exactly `num_noise = round(T * noise_density)` noise
-tokens in exactly `num_spans = round(num_noise / mean_span_length)` spans, alternating with
-as many non-noise runs (random positive lengths, non-noise first). The encoder input replaces
+tokens in exactly `num_spans = round(num_noise / mean_span_length)` spans of random positive
+lengths, separated by non-noise runs of random positive lengths, with random (possibly empty)
+non-noise runs before the first span and after the last. The encoder input replaces
 span k by sentinel V + k (length T - num_noise + num_spans); the decoder target is sentinel
 k followed by span k, for every k (length num_noise + num_spans). Both lengths are fixed, so
 the loss needs no padding, and everything is `jnp` from one key, so it runs inside the jitted
@@ -131,14 +132,22 @@ def _random_segmentation(key: jax.Array, num_items: int, num_segments: int) -> j
 
 
 def _span_runs(key: jax.Array, layout: SpanLayout) -> jax.Array:
-    """int32 (T,): the index r of the run each token is in; runs alternate non-noise (r even)
-    and noise (r odd), so run r belongs to span r // 2 and the sequence ends in noise."""
+    """int32 (T,): the index r of the run each token is in. Runs alternate non-noise (r even)
+    and noise (r odd, span r // 2): [keep_0, span_0, keep_1, ..., span_{S-1}, keep_S], where
+    the inner non-noise runs are at least one token long and the outer two may be empty, so a
+    span can start anywhere (T5's original layout always ends in a span; seqio's `random_roll`
+    fixes that by rolling the mask, which can split a span and change the shapes)."""
     k_noise, k_keep = jax.random.split(key)
-    noise_lengths = _random_segmentation(k_noise, layout.num_noise, layout.num_spans)
-    keep_lengths = _random_segmentation(k_keep, layout.seq_len - layout.num_noise, layout.num_spans)
-    lengths_2S = jnp.stack([keep_lengths, noise_lengths], axis=1).reshape(-1)
-    starts = jnp.cumsum(lengths_2S)[:-1]
-    return jnp.cumsum(jnp.zeros(layout.seq_len, jnp.int32).at[starts].set(1))
+    s = layout.num_spans
+    noise_lengths = _random_segmentation(k_noise, layout.num_noise, s)
+    # S + 1 positive parts of (non-noise + 2), then one token off each outer part.
+    keep_lengths = _random_segmentation(k_keep, layout.seq_len - layout.num_noise + 2, s + 1)
+    keep_lengths = keep_lengths.at[jnp.array([0, s])].add(-1)
+    lengths_2S = jnp.stack([keep_lengths[:s], noise_lengths], axis=1).reshape(-1)
+    starts = jnp.cumsum(lengths_2S)  # where each run after the first starts (T: empty keep_S)
+    # `add` counts runs that start at the same token (an empty keep_0 starts where span_0 does).
+    boundaries_T = jnp.zeros(layout.seq_len, jnp.int32).at[starts].add(1, mode="drop")
+    return jnp.cumsum(boundaries_T)
 
 
 def noise_spans(key: jax.Array, layout: SpanLayout) -> jax.Array:
@@ -156,18 +165,21 @@ def span_corrupt(
     the target is, for every k, sentinel data + k then span k's tokens; the decoder input is
     the target shifted right behind the start id.
     """
-    run_T = _span_runs(key, layout)
-    noise_T = run_T % 2 == 1
-    first_T = jnp.concatenate([jnp.ones(1, bool), run_T[1:] != run_T[:-1]])
-    sentinel_T = (vocab.data + run_T // 2).astype(tokens_T.dtype)
+    span_T = noise_spans(key, layout)
+    noise_T = span_T >= 0
+    first_T = noise_T & jnp.concatenate([jnp.ones(1, bool), span_T[1:] != span_T[:-1]])
+    sentinel_T = (vocab.data + span_T).astype(tokens_T.dtype)
     # Encoder: a span's first token becomes its sentinel, the rest of the span is dropped.
-    enc_full = jnp.where(noise_T & first_T, sentinel_T, tokens_T)
+    enc_full = jnp.where(first_T, sentinel_T, tokens_T)
     (enc_idx,) = jnp.nonzero(~noise_T | first_T, size=layout.enc_len)
-    # Target: the first token of the non-noise run before span k becomes sentinel k, the rest
-    # of that run is dropped, the span's tokens stay.
-    tgt_full = jnp.where(~noise_T & first_T, sentinel_T, tokens_T)
-    (tgt_idx,) = jnp.nonzero(noise_T | first_T, size=layout.dec_len)
-    target = tgt_full[tgt_idx]
+    # Target: noise token i goes after the i-1 noise tokens and k + 1 sentinels before it;
+    # span k's sentinel just before its first token. Non-noise tokens scatter out of range.
+    noise_i = noise_T.astype(jnp.int32)
+    pos_T = jnp.cumsum(noise_i) - noise_i + span_T + 1
+    out = layout.dec_len
+    target = jnp.zeros(out, tokens_T.dtype)
+    target = target.at[jnp.where(noise_T, pos_T, out)].set(tokens_T, mode="drop")
+    target = target.at[jnp.where(first_T, pos_T - 1, out)].set(sentinel_T, mode="drop")
     dec_in = jnp.concatenate([jnp.full(1, vocab.start_id, target.dtype), target[:-1]])
     return enc_full[enc_idx], dec_in, target
 
