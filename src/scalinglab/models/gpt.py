@@ -3,6 +3,11 @@
 Token embedding, learned or rotary positions, pre-LayerNorm blocks (causal self-attention and
 a feed-forward block), a final LayerNorm and a tied or untied output head.
 
+`GPT` is the training path. `CachedGPT` is the incremental-decoding path beside it: the same
+parameter tree (a trained checkpoint's params apply to both) and the same computation, but the
+tokens sit at positions pos..pos+T-1 and attention reads and extends an explicit KV cache
+(`init_cache`), so generating a token costs one position, not a full forward pass.
+
 Parameter paths are chosen for the weight-decay mask and the parameter counts: embeddings live
 under `token_embed/embedding` and `pos_embed/embedding`, LayerNorms under `norm_*` with params
 `scale`/`bias`, every bias is named `bias`, and an untied head is `lm_head/kernel`.
@@ -17,7 +22,17 @@ import jax
 import jax.numpy as jnp
 
 from scalinglab.config import ModelConfig
-from scalinglab.models.layers import INIT_STD, CausalSelfAttention, LayerNorm, Mlp, dense_init
+from scalinglab.models.layers import (
+    INIT_STD,
+    CachedSelfAttention,
+    CausalSelfAttention,
+    LayerNorm,
+    Mlp,
+    dense_init,
+)
+
+# One layer's KV cache: {"k": (B, H, S, Dh), "v": (B, H, S, Dh)}; a model's: one per layer.
+KVCache = list[dict[str, jax.Array]]
 
 
 class PositionEmbed(nn.Module):
@@ -110,3 +125,89 @@ class GPT(nn.Module):
                 name="lm_head",
             )(x_BTxD)
         return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+    """An empty (zero) KV cache with `length` slots per layer, in the compute dtype.
+
+    `length` bounds prompt + generated tokens; smaller caches make every decode step cheaper
+    (attention reads all slots), so `generate` sizes it to exactly what it needs.
+    """
+    shape = (batch, cfg.n_head, length, cfg.d_model // cfg.n_head)
+    dtype = jnp.dtype(cfg.dtype)
+    return [
+        {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)
+    ]
+
+
+class CachedBlock(nn.Module):
+    """`Block` with cached attention: same parameter names, same computation."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, x_BTxD: jax.Array, cache: dict[str, jax.Array], pos: jax.Array | int
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        h = LayerNorm(dtype=dtype, name="norm_1")(x_BTxD)
+        y_BTxD, cache = CachedSelfAttention(
+            n_head=cfg.n_head, rotary=cfg.positions == "rotary", dtype=dtype, name="attn"
+        )(h, cache, pos)
+        x_BTxD = x_BTxD + y_BTxD
+        h = LayerNorm(dtype=dtype, name="norm_2")(x_BTxD)
+        mlp = Mlp(d_ff=cfg.ff_dim, activation=cfg.activation, dtype=dtype, name="mlp")
+        return x_BTxD + mlp(h), cache
+
+
+class CachedGPT(nn.Module):
+    """GPT for incremental decoding: (tokens (B, T) at positions pos.., cache) -> (logits, cache).
+
+    Applies a `GPT`'s parameters unchanged (`CachedGPT(cfg).apply({"params": params}, ...)`).
+    One call with the whole prompt at pos 0 fills the cache (prefill); each later call with
+    one token at its position extends it. Logits are float32 (B, T, vocab_size) and equal the
+    full forward pass's at the same positions. No dropout: this path is for inference.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, tokens_BxT: jax.Array, cache: KVCache, pos: jax.Array | int
+    ) -> tuple[jax.Array, KVCache]:
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        b, t = tokens_BxT.shape
+        token_embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            embedding_init=dense_init(),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name="token_embed",
+        )
+        x_BTxD = token_embed(tokens_BxT.reshape(b * t))
+        if cfg.positions == "learned":
+            if cfg.max_seq_len is None:
+                raise ValueError("model.max_seq_len must be set for learned positions")
+            table = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(cfg.max_seq_len)
+            pos_TxD = jax.lax.dynamic_slice_in_dim(table, pos, t)
+            x_BTxD = (x_BTxD.reshape(b, t, -1) + pos_TxD.astype(dtype)).reshape(b * t, -1)
+        new_cache = []
+        for i in range(cfg.n_layer):
+            x_BTxD, layer_cache = CachedBlock(cfg, name=f"block_{i}")(x_BTxD, cache[i], pos)
+            new_cache.append(layer_cache)
+        x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
+        if cfg.tie_embeddings:
+            logits_BTxV = token_embed.attend(x_BTxD)
+        else:
+            logits_BTxV = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                kernel_init=dense_init(),
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                name="lm_head",
+            )(x_BTxD)
+        return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size), new_cache

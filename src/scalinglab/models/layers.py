@@ -248,3 +248,66 @@ class Mlp(nn.Module):
             h_BTxF = act(up_BTxF)
         y_BTxD = nn.Dense(d, kernel_init=dense_init(self.out_std), name="down", **dense)(h_BTxF)
         return nn.Dropout(self.dropout)(y_BTxD, deterministic=deterministic)
+
+
+def cached_attention(
+    q_BxHxTxDh: Array, k_BxHxSxDh: Array, v_BxHxSxDh: Array, pos: Array | int
+) -> Array:
+    """Causal attention of T new queries at positions pos..pos+T-1 over an S-slot KV cache.
+
+    Query t may attend to cache slots s <= pos + t; slots beyond (not yet written, zeros)
+    are masked exactly as the full pass masks future keys, so the logits equal the training
+    path's (`causal_attention`) up to float rounding. Inference only: no custom VJP.
+    """
+    t, dh = q_BxHxTxDh.shape[-2:]
+    s = k_BxHxSxDh.shape[-2]
+    kt_BxHxDhxS = jnp.swapaxes(k_BxHxSxDh, -1, -2)
+    s_BxHxTxS = jnp.einsum("bhtd,bhds->bhts", q_BxHxTxDh, kt_BxHxDhxS).astype(jnp.float32)
+    s_BxHxTxS = s_BxHxTxS * (1.0 / math.sqrt(dh))
+    visible_TxS = jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None]
+    s_BxHxTxS = jnp.where(visible_TxS, s_BxHxTxS, jnp.finfo(jnp.float32).min)
+    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(v_BxHxSxDh.dtype)
+    return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxS, v_BxHxSxDh)
+
+
+class CachedSelfAttention(nn.Module):
+    """`CausalSelfAttention` for incremental decoding, with an explicit KV cache.
+
+    Same parameters (`qkv`, `proj`) and computation as the training module, but the T new
+    tokens (flattened (B*T, D)) sit at positions pos..pos+T-1: their keys and values are
+    written into the cache `{"k", "v"}` (each (B, H, S, Dh)) and the queries attend over all
+    S slots. Returns the output and the updated cache. The cache is a plain pytree passed in
+    and out (not a flax "cache" collection), so a decode step is one pure jitted function.
+    """
+
+    n_head: int
+    rotary: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x_BTxD: Array, cache: dict[str, Array], pos: Array | int
+    ) -> tuple[Array, dict[str, Array]]:
+        bt, d = x_BTxD.shape
+        b, h, s, dh = cache["k"].shape
+        t = bt // b
+        dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
+        qkv_BTx3D = nn.Dense(3 * d, kernel_init=dense_init(), name="qkv", **dense)(x_BTxD)
+        qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, t, 3, h, dh).transpose(2, 0, 3, 1, 4)
+        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = qkv_3xBxHxTxDh[0], qkv_3xBxHxTxDh[1], qkv_3xBxHxTxDh[2]
+        if self.rotary:
+            cos_SxF, sin_SxF = rotary_tables(s, dh)
+            cos_TxF = jax.lax.dynamic_slice_in_dim(cos_SxF, pos, t)
+            sin_TxF = jax.lax.dynamic_slice_in_dim(sin_SxF, pos, t)
+            q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
+            k_BxHxTxDh = apply_rotary(k_BxHxTxDh, cos_TxF, sin_TxF)
+        k_BxHxSxDh = jax.lax.dynamic_update_slice_in_dim(
+            cache["k"], k_BxHxTxDh.astype(cache["k"].dtype), pos, axis=2
+        )
+        v_BxHxSxDh = jax.lax.dynamic_update_slice_in_dim(
+            cache["v"], v_BxHxTxDh.astype(cache["v"].dtype), pos, axis=2
+        )
+        y_BxHxTxDh = cached_attention(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, pos)
+        y_BTxD = y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(bt, d)
+        y_BTxD = nn.Dense(d, kernel_init=dense_init(), name="proj", **dense)(y_BTxD)
+        return y_BTxD, {"k": k_BxHxSxDh, "v": v_BxHxSxDh}
