@@ -196,3 +196,15 @@ def test_good_image_config_defaults_seq_len_to_one() -> None:
         {"model": {"family": "resnet", **DIGITS_MODEL}, "data": {"source": "digits"}}
     )
     assert cfg.data.seq_len == 1
+
+
+def test_train_subset_keeps_the_first_examples_and_the_validation_split(
+    digits: ImageDataset,
+) -> None:
+    sub = build_dataset(DataConfig(source="digits", train_subset=100))
+    np.testing.assert_array_equal(sub.train, digits.train[:100])
+    np.testing.assert_array_equal(sub.val, digits.val)
+    assert sub.info["n_train"] == 100 and sub.info["sha256"] != digits.info["sha256"]
+    assert sub.windows_per_epoch == 100
+    with pytest.raises(ValueError, match="data.train_subset: 2000 is more than the 1500"):
+        build_dataset(DataConfig(source="digits", train_subset=2000))

@@ -234,6 +234,9 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     augment: AugmentConfig = AugmentConfig()
     shapes: ShapesConfig = ShapesConfig()
+    # Image sources: train on only the first n examples of the fixed train split (data-scaling
+    # sweeps); the validation split is unchanged.
+    train_subset: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -251,11 +254,14 @@ class DataConfig(_Strict):
                 f"data.seq_len must be 1 for image source {self.source!r} (one example is one "
                 f"unit of D); remove it"
             )
-        if self.source in TEXT_SOURCES and self.augment != AugmentConfig():
-            raise ValueError(
-                f"data.augment applies to image sources only ({', '.join(IMAGE_SOURCES)}); "
-                f"data.source is {self.source!r}"
-            )
+        # Compared with the defaults, not the fields set: a dumped text config holds them too.
+        image_only = {"augment": self.augment != AugmentConfig(), "train_subset": self.train_subset}
+        for name, used in image_only.items():
+            if self.source in TEXT_SOURCES and used:
+                raise ValueError(
+                    f"data.{name} applies to image sources only ({', '.join(IMAGE_SOURCES)}); "
+                    f"data.source is {self.source!r}"
+                )
         return self
 
     def image_spec(self) -> tuple[int, int, int] | None:

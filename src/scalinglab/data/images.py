@@ -126,30 +126,41 @@ class ImageDataset:
 
 
 def _dataset(
-    source: str,
+    cfg: DataConfig,
     images: np.ndarray,
     labels: np.ndarray,
     n_val: int,
     n_classes: int,
     extra: dict[str, Any],
 ) -> ImageDataset:
+    """Split off the last `n_val` examples as validation; `cfg.train_subset` keeps only the
+    first examples of the rest (the sha256 covers exactly the examples used)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     labels = np.ascontiguousarray(labels, dtype=np.int32)
     images.setflags(write=False)
     labels.setflags(write=False)
-    n = len(labels)
+    cut = len(labels) - n_val
+    n_train = cut
+    if cfg.train_subset is not None:
+        if cfg.train_subset > cut:
+            raise DataError(
+                f"data.train_subset: {cfg.train_subset} is more than the {cut} training "
+                f"examples of data.source {cfg.source!r}"
+            )
+        n_train = cfg.train_subset
+    train_x, train_y = images[:n_train], labels[:n_train]
+    val_x, val_y = images[cut:], labels[cut:]
     info = {
-        "source": source,
-        "n_train": n - n_val,
+        "source": cfg.source,
+        "n_train": n_train,
         "n_val": n_val,
         "image_size": int(images.shape[1]),
         "channels": int(images.shape[3]),
         "n_classes": n_classes,
-        "sha256": images_sha256(images, labels),
+        "sha256": images_sha256(train_x, train_y, val_x, val_y),
         **extra,
     }
-    cut = n - n_val
-    return ImageDataset(images[:cut], labels[:cut], images[cut:], labels[cut:], info)
+    return ImageDataset(train_x, train_y, val_x, val_y, info)
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -169,9 +180,10 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def digits_dataset(cfg: DataConfig) -> ImageDataset:
-    """The `digits` source: 1,500 train and 297 validation 8x8x1 images of 10 classes."""
+    """The `digits` source: 1,500 train (or `data.train_subset`) and 297 validation 8x8x1
+    images of 10 classes."""
     images, labels = load_digits_arrays()
-    return _dataset("digits", images, labels, DIGITS_N_VAL, 10, {})
+    return _dataset(cfg, images, labels, DIGITS_N_VAL, 10, {})
 
 
 def make_shapes(cfg: ShapesConfig, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,4 +219,4 @@ def shapes_dataset(cfg: DataConfig) -> ImageDataset:
     sc = cfg.shapes
     images, labels = make_shapes(sc, sc.n_train + sc.n_val, sc.seed)
     extra = {"noise": sc.noise, "seed": sc.seed}
-    return _dataset("shapes", images, labels, sc.n_val, sc.n_classes, extra)
+    return _dataset(cfg, images, labels, sc.n_val, sc.n_classes, extra)
