@@ -124,3 +124,13 @@ def test_benchmark_script_runs(tmp_path: Path) -> None:
     (result,) = bench.main(["--smoke", "--json", str(tmp_path / "out.json")])
     assert result["cached_tok_s"] > 0 and result["uncached_tok_s"] > 0
     assert result["same_tokens"]
+
+
+def test_generate_command_rejects_a_directory_without_a_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from scalinglab.cli import app
+
+    res = CliRunner().invoke(app, ["generate", str(tmp_path), "--max-new-tokens", "4"])
+    assert res.exit_code == 2
+    assert "not a run directory" in res.output

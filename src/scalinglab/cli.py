@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from scalinglab.analysis.cli import fit_cmd, plot_cmd
+from scalinglab.models.cli import generate_cmd
 from scalinglab.sweep.cli import sweep_app
 
 app = typer.Typer(
@@ -118,6 +119,7 @@ def train(
 
 app.command("fit")(fit_cmd)
 app.command("plot")(plot_cmd)
+app.command("generate")(generate_cmd)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""The ``generate`` command (``scalinglab.cli`` registers it): sample text from a trained GPT.
+
+It restores the parameters of a run directory's latest checkpoint, encodes the prompt as
+bytes, calls `scalinglab.models.generate.generate` and prints the decoded bytes. Parsing and
+printing only; the restore and the sampling live in importable functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scalinglab.config import TrialConfig
+
+
+def load_params(run_dir: Path) -> tuple[TrialConfig, Any, int]:
+    """(config, params, step) of a run directory's latest complete checkpoint.
+
+    The restore target is the trainer's abstract state (`train.state.abstract_state`), so the
+    checkpoint is read with exactly the shapes, dtypes and tree it was written with.
+    """
+    from scalinglab import runfiles as rf
+    from scalinglab.config import load_trial
+    from scalinglab.train import checkpoint as ckpt
+    from scalinglab.train import mesh as mesh_mod
+    from scalinglab.train.loop import build_trainer, plan_steps
+    from scalinglab.train.state import abstract_state
+
+    config = run_dir / rf.CONFIG
+    if not config.exists():
+        raise ValueError(f"{run_dir}: no {rf.CONFIG}; not a run directory")
+    cfg = load_trial(config)
+    if cfg.model.family != "gpt":
+        raise ValueError(f"generate needs a gpt run (model.family is {cfg.model.family!r})")
+    trainer = build_trainer(cfg, plan_steps(cfg))
+    sharding = mesh_mod.replicated(mesh_mod.data_mesh(1))
+    target = mesh_mod.with_sharding(abstract_state(trainer.task, trainer.tx), sharding)
+    manager = ckpt.open_manager(run_dir / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(manager, target)
+    if restored is None:
+        raise ValueError(f"{run_dir}: no checkpoint to restore")
+    state, _ = restored
+    return cfg, state.params, int(state.step)
+
+
+def generate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A trial's run directory (with checkpoints/).")],
+    prompt: Annotated[str, typer.Option(help="Text to continue (encoded as UTF-8 bytes).")] = (
+        "def "
+    ),
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Bytes to generate.")] = 100,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Sample among the k likeliest.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Continue a prompt with a trained GPT (KV-cached sampling) and print the text."""
+    import jax
+    import jax.numpy as jnp
+
+    from scalinglab.data import decode, encode
+    from scalinglab.models.generate import generate
+
+    try:
+        cfg, params, step = load_params(run_dir)
+        prompt_1xT = jnp.asarray(encode(prompt), jnp.int32)[None]
+        out = generate(
+            cfg.model,
+            params,
+            prompt_1xT,
+            max_new_tokens,
+            key=jax.random.key(seed),
+            temperature=temperature,
+            top_k=top_k,
+        )
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"[step {step}]", err=True)
+    typer.echo(decode(jax.device_get(out[0])))
