@@ -155,9 +155,8 @@ def test_relative_bias_is_one_table_per_stack_and_depends_on_offset_only() -> No
 def test_mlm_mask_rules() -> None:
     x = tokens((256, 40), high=50)
     key = jax.random.key(5)
-    inputs, pos, tgt = jax.jit(
-        functools.partial(mlm_mask, mask_rate=0.15, mask_id=64, random_vocab=50)
-    )(key, x)
+    mask_fn = jax.jit(functools.partial(mlm_mask, mask_rate=0.15, mask_id=64, random_vocab=50))
+    inputs, pos, tgt = mask_fn(key, x)
     inputs, pos, tgt, x = map(np.asarray, (inputs, pos, tgt, x))
     assert pos.shape == tgt.shape == (256, 6)  # round(0.15 * 40)
     assert all(len(set(row)) == 6 for row in pos)  # distinct positions
@@ -170,9 +169,9 @@ def test_mlm_mask_rules() -> None:
     random = 1.0 - masked - kept  # replaced by another token
     assert abs(masked - 0.8) < 0.04 and abs(random - 0.1 * 49 / 50) < 0.03
     assert at.max() <= 64 and np.all((at == 64) | (at < 50))
-    # A pure function of the key.
-    again = mlm_mask(key, jnp.asarray(x), mask_rate=0.15, mask_id=64, random_vocab=50)
-    np.testing.assert_array_equal(np.asarray(again[0]), inputs)
+    # Another key, other positions.
+    other = mask_fn(jax.random.key(6), jnp.asarray(x))[1]
+    assert not np.array_equal(np.asarray(other), pos)
 
 
 def _uncorrupt(enc: np.ndarray, target: np.ndarray, data_vocab: int) -> list[int]:
@@ -209,9 +208,6 @@ def test_span_corruption_round_trips(seq_len: int, density: float, mean_len: flo
         assert _uncorrupt(enc[row], tgt[row], 64) == np.asarray(x[row]).tolist()
         np.testing.assert_array_equal(enc[row][enc[row] >= 64], sentinels)
         np.testing.assert_array_equal(tgt[row][tgt[row] >= 64], sentinels)
-        spans = np.asarray(noise_spans(keys[row], layout))
-        assert np.sum(spans >= 0) == layout.num_noise
-        assert sorted(set(spans[spans >= 0].tolist())) == list(range(layout.num_spans))
     # Different keys place spans differently; the same key reproduces them.
     assert len({tuple(r) for r in enc}) > 1
     np.testing.assert_array_equal(np.asarray(corrupt(keys, x)[0]), enc)
