@@ -10,8 +10,9 @@ budget) with the offset-free power law L = A C^-alpha fitted to it
 (`scalinglab.fit_power_law(..., offset=False)`; three budgets do not identify an offset E).
 
 `regularisation`: a data-scaling sweep (`data.train_subset`) crossed with dropout and weight
-decay. Best (early-stopped) eval loss against the number of training examples n per setting,
-with L = A n^-beta fitted to each; beta is the data-scaling exponent.
+decay (and seeds). Best (early-stopped) eval loss against the number of training examples n per
+setting (small dots: seeds, large: their mean), with L = A n^-beta fitted to every seed's point;
+beta is the data-scaling exponent.
 
 Both print their table and write PNG and SVG figures plus a CSV table into `--out`.
 """
@@ -106,8 +107,9 @@ def regularisation(sweep_dir: Path, out: Path, bootstrap: int = 200) -> pd.DataF
     rows = []
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (values, g) in enumerate(runs.groupby(keys)):
-        g = g.sort_values("data.train_subset")
-        f = _power_law(g["data.train_subset"], g["best_eval_loss"], bootstrap)
+        n, loss = g["data.train_subset"], g["best_eval_loss"]
+        f = _power_law(n, loss, bootstrap)  # every seed's point: the fit weighs them equally
+        mean = g.groupby("data.train_subset")[["best_eval_loss", "accuracy"]].mean()
         dropout, wd = values
         rows.append(
             {
@@ -117,17 +119,15 @@ def regularisation(sweep_dir: Path, out: Path, bootstrap: int = 200) -> pd.DataF
                 "beta_lo": f["lo"],
                 "beta_hi": f["hi"],
                 "A": f["A"],
-                **{
-                    f"loss@{int(n)}": v
-                    for n, v in zip(g["data.train_subset"], g["best_eval_loss"], strict=True)
-                },
-                "acc@max": g["accuracy"].iloc[-1],
+                **{f"loss@{k}": v for k, v in mean["best_eval_loss"].items()},
+                "acc@max": mean["accuracy"].iloc[-1],
             }
         )
         label = f"dropout {dropout:g}, wd {wd:g}: beta {f['exponent']:.2f}"
-        ax.plot(g["data.train_subset"], g["best_eval_loss"], "o", color=f"C{i}", label=label)
-        n = np.geomspace(g["data.train_subset"].min(), g["data.train_subset"].max(), 50)
-        ax.plot(n, f["A"] * n ** -f["exponent"], "-", color=f"C{i}", alpha=0.7)
+        ax.plot(n, loss, ".", color=f"C{i}", alpha=0.35)
+        ax.plot(mean.index, mean["best_eval_loss"], "o", color=f"C{i}", label=label)
+        grid = np.geomspace(n.min(), n.max(), 50)
+        ax.plot(grid, f["A"] * grid ** -f["exponent"], "-", color=f"C{i}", alpha=0.7)
     ax.set(xscale="log", yscale="log", xlabel="training examples n")
     ax.set(ylabel="best (early-stopped) eval loss (nats)")
     ax.set_title("data scaling, L = A n^-beta, MLP 2x256 on digits")
