@@ -119,3 +119,20 @@ def test_each_optimizer_reduces_a_quadratic(name: str, nesterov: bool) -> None:
     for _ in range(100):
         params, state = step(params, state)
     assert float(loss(params)) < 0.1 * start
+
+
+def test_adafactor_decay_is_scaled_by_the_learning_rate() -> None:
+    cfg = OptimizerConfig(
+        name="adafactor",
+        lr=0.1,
+        weight_decay=0.5,
+        clip_norm=None,
+        schedule=ScheduleConfig(name="constant", warmup_frac=0.0),
+    )
+    tx, _ = build_optimizer(cfg, total_steps=10)
+    params = _params()
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    # Zero gradient: the update is the decoupled decay alone, -lr * wd * w, masked like AdamW.
+    np.testing.assert_allclose(updates["block_0"]["mlp"]["kernel"], -0.05, rtol=1e-6)
+    np.testing.assert_allclose(updates["block_0"]["mlp"]["bias"], 0.0)

@@ -73,9 +73,9 @@ def build_optimizer(
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    if cfg.weight_decay > 0 and cfg.name != "adamw":
-        # Coupled L2 (wd * param added to the gradient), as torch's SGD/Adam/Adafactor do;
-        # only adamw decouples the decay from the adaptive scaling.
+    if cfg.weight_decay > 0 and cfg.name in ("sgd", "momentum", "adam"):
+        # Coupled L2 (wd * param added to the gradient), as torch's SGD and Adam do; adamw and
+        # adafactor decouple the decay from the adaptive scaling.
         parts.append(
             optax.masked(
                 optax.add_decayed_weights(cfg.weight_decay),
@@ -100,7 +100,17 @@ def build_optimizer(
             )
         )
     elif cfg.name == "adafactor":
-        parts.append(optax.adafactor(schedule, momentum=None, multiply_by_parameter_scale=False))
+        # Factored second moments and update clipping as in optax.adafactor, with decay added
+        # before the learning rate like AdamW's (optax.adafactor adds its decay after the
+        # learning rate, so a weight_decay of 0.1 would shrink weights 10% per step).
+        parts += [
+            optax.scale_by_factored_rms(),
+            optax.clip_by_block_rms(1.0),
+            optax.add_decayed_weights(
+                cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.decay_exclude)
+            ),
+            optax.scale_by_learning_rate(schedule),
+        ]
     else:
         raise ValueError(f"optimizer.name: unknown {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
     return optax.chain(*parts), schedule
