@@ -245,3 +245,16 @@ def test_hand_written_vjps_match_autodiff() -> None:
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g, ref_g, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_dropout_path_stays_causal_and_active() -> None:
+    """With dropout on, attention probabilities are dropped too, and the mask stays causal."""
+    model, params, tokens = init(tiny(dropout=0.3))
+    key = jax.random.key(5)
+    changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % 32)
+    a = apply(model, params, tokens, deterministic=False, rng=key)
+    b = apply(model, params, changed, deterministic=False, rng=key)
+    np.testing.assert_allclose(np.asarray(a[:, :-1]), np.asarray(b[:, :-1]), rtol=1e-6, atol=1e-6)
+    # The probabilities' dropout draws from the same "dropout" stream: a different key differs.
+    c = apply(model, params, tokens, deterministic=False, rng=jax.random.key(6))
+    assert not np.allclose(np.asarray(a), np.asarray(c))

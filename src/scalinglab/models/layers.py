@@ -216,7 +216,16 @@ class CausalSelfAttention(nn.Module):
             cos_TxF, sin_TxF = rotary_tables(t, dh)
             q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
             k_BxHxTxDh = apply_rotary(k_BxHxTxDh, cos_TxF, sin_TxF)
-        y_BxHxTxDh = causal_attention(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)
+        if self.dropout > 0 and not deterministic:
+            # Dropout on the attention probabilities needs its mask in the backward pass, so
+            # this path uses autodiff; the hand-written VJP serves dropout-free training.
+            p_BxHxTxT = _causal_probs(q_BxHxTxDh, k_BxHxTxDh)
+            p_BxHxTxT = nn.Dropout(self.dropout)(p_BxHxTxT, deterministic=False)
+            y_BxHxTxDh = jnp.einsum(
+                "bhts,bhsd->bhtd", p_BxHxTxT.astype(v_BxHxTxDh.dtype), v_BxHxTxDh
+            )
+        else:
+            y_BxHxTxDh = causal_attention(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)
         y_BTxD = y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(bt, d)
         y_BTxD = nn.Dense(d, kernel_init=dense_init(self.out_std), name="proj", **dense)(y_BTxD)
         return nn.Dropout(self.dropout)(y_BTxD, deterministic=deterministic)
