@@ -10,6 +10,7 @@ import pytest
 from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, trial_from_dict
 from scalinglab.flops import flops_per_token
+from scalinglab.sweep.store import load_runs
 from scalinglab.train import plan_steps, run_trial
 from scalinglab.train.loop import WALL_CLOCK_FIELDS
 
@@ -52,15 +53,16 @@ def _metrics(run_dir: Path) -> list[dict]:
 )
 def test_image_families_train_on_digits(tmp_path: Path, model: dict) -> None:
     cfg = image_trial(model)
-    summary = run_trial(cfg, tmp_path)
+    run_dir = tmp_path / "trial"
+    summary = run_trial(cfg, run_dir)
     for name in (rf.CONFIG, rf.STATUS, rf.METRICS, rf.SUMMARY, rf.CHECKPOINTS):
-        assert (tmp_path / name).exists(), name
+        assert (run_dir / name).exists(), name
     assert summary["status"] == "done" and summary["steps"] == 30
     # D counts examples; C uses the per-example FLOPs of the family.
     assert summary["D"] == 30 * 32
     assert summary["C"] == pytest.approx(flops_per_token(cfg.model, 1) * 30 * 32)
     assert summary["N_embed"] == 0 and summary["data"]["source"] == "digits"
-    recs = rf.read_jsonl(tmp_path / rf.METRICS)
+    recs = rf.read_jsonl(run_dir / rf.METRICS)
     evals = [r for r in recs if "eval_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in evals)
@@ -69,6 +71,9 @@ def test_image_families_train_on_digits(tmp_path: Path, model: dict) -> None:
     assert trains[-1] < trains[0] < 2.4  # starts near log(10) = 2.30
     assert evals[-1]["eval_loss"] < 2.0 and summary["final_eval_accuracy"] > 0.4
     assert summary["final_eval_accuracy"] == evals[-1]["eval_accuracy"]
+    # The results table carries the classifier's accuracy too.
+    runs = load_runs(tmp_path)
+    assert runs["final_eval_accuracy"].tolist() == [summary["final_eval_accuracy"]]
 
 
 def test_resume_with_batch_norm_dropout_and_augmentation_is_exact(tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def _row(run_dir: Path) -> dict[str, Any]:
     }
     if summary:
         row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
+        # Every other final eval metric the task reported (eval_accuracy for classifiers, ...).
+        row.update({k: v for k, v in summary.items() if k.startswith("final_eval_")})
     else:  # not trained yet: what the config alone tells
         try:
             counts = param_counts(parse_model_config(cfg.get("model", {})))
