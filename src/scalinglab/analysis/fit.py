@@ -54,9 +54,33 @@ def objective(
     return jnp.sum(weights * huber(r, delta))
 
 
-@partial(jax.jit, static_argnames=("law_name", "batched_data", "max_iter"))
-def _solve(
+CHUNK_PASSES = 64  # objective evaluations per start between compactions of the running starts
+
+
+@partial(jax.jit, static_argnames=("law_name", "batched_data"))
+def _init(
     starts: jax.Array,
+    logX: jax.Array,
+    logy: jax.Array,
+    weights: jax.Array,
+    delta: float,
+    gtol: float,
+    *,
+    law_name: str,
+    batched_data: bool,
+) -> Any:
+    """L-BFGS states of every row of ``starts`` (weights batched or shared)."""
+    fun = partial(objective, law=get_law(law_name))
+
+    def one(x0, w):
+        return _lbfgs.lbfgs_init(fun, x0, logX, logy, w, delta, gtol=gtol)
+
+    return jax.vmap(one, in_axes=(0, 0 if batched_data else None))(starts, weights)
+
+
+@partial(jax.jit, static_argnames=("law_name", "batched_data", "max_iter", "max_passes"))
+def _advance(
+    states: Any,
     logX: jax.Array,
     logy: jax.Array,
     weights: jax.Array,
@@ -67,15 +91,34 @@ def _solve(
     law_name: str,
     batched_data: bool,
     max_iter: int,
-) -> _lbfgs.LbfgsResult:
-    """Run L-BFGS from every row of ``starts`` at once (weights batched or shared)."""
-    law = get_law(law_name)
+    max_passes: int,
+) -> Any:
+    """Up to ``max_passes`` more L-BFGS passes of every state."""
+    fun = partial(objective, law=get_law(law_name))
 
-    def one(x0, w):
-        fun = partial(objective, law=law)
-        return _lbfgs.lbfgs(fun, x0, logX, logy, w, delta, max_iter=max_iter, gtol=gtol, ftol=ftol)
+    def one(state, w):
+        return _lbfgs.lbfgs_run(
+            fun,
+            state,
+            logX,
+            logy,
+            w,
+            delta,
+            max_iter=max_iter,
+            gtol=gtol,
+            ftol=ftol,
+            max_passes=max_passes,
+        )
 
-    return jax.vmap(one, in_axes=(0, 0 if batched_data else None))(starts, weights)
+    return jax.vmap(one, in_axes=(0, 0 if batched_data else None))(states, weights)
+
+
+def _bucket(n: int, total: int) -> int:
+    """Lane count for ``n`` running starts: ``total / 2**k``, so few shapes get compiled."""
+    size = total
+    while size // 2 >= n and size > 64:
+        size = (size + 1) // 2
+    return max(size, n)
 
 
 def multistart(
@@ -93,22 +136,46 @@ def multistart(
     """Minimise the objective from each start; numpy arrays with a leading start axis.
 
     ``weights`` of shape (n,) are shared by all starts; of shape (S, n) give
-    each start its own (bootstrap) data.
+    each start its own (bootstrap) data. The starts run vmapped in chunks of
+    ``CHUNK_PASSES`` passes; between chunks the finished ones are set aside, so
+    the work follows the typical start rather than the slowest. Each start follows the
+    same trajectory as in one long loop, up to floating-point rounding (the vectorised
+    width changes).
     """
     with jax.enable_x64(True):
-        w = np.ones(len(logy)) if weights is None else weights
-        res = _solve(
-            jnp.asarray(starts, jnp.float64),
-            jnp.asarray(logX, jnp.float64),
-            jnp.asarray(logy, jnp.float64),
-            jnp.asarray(w, jnp.float64),
-            delta,
-            gtol,
-            ftol,
-            law_name=law.name,
-            batched_data=np.ndim(w) == 2,
-            max_iter=max_iter,
+        batched = np.ndim(weights) == 2
+        w_all = np.ones(len(logy)) if weights is None else np.asarray(weights, np.float64)
+        data = (jnp.asarray(logX, jnp.float64), jnp.asarray(logy, jnp.float64))
+        static = {"law_name": law.name, "batched_data": batched}
+        states = _init(
+            jnp.asarray(starts, jnp.float64), *data, jnp.asarray(w_all), delta, gtol, **static
         )
+        full = jax.tree_util.tree_map(np.array, states)  # host copy, updated per chunk
+        total = len(starts)
+        active = np.flatnonzero(full.status == _lbfgs.RUNNING)
+        while active.size:
+            lanes = _bucket(active.size, total)
+            idx = np.concatenate([active, np.full(lanes - active.size, active[0])])
+            sub = jax.tree_util.tree_map(lambda a, idx=idx: jnp.asarray(a[idx]), full)
+            w = jnp.asarray(w_all[idx] if batched else w_all)
+            sub = _advance(
+                sub,
+                *data,
+                w,
+                delta,
+                gtol,
+                ftol,
+                max_iter=max_iter,
+                max_passes=CHUNK_PASSES,
+                **static,
+            )
+            sub = jax.tree_util.tree_map(np.asarray, sub)
+            for leaf_full, leaf_sub in zip(
+                jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(sub), strict=True
+            ):
+                leaf_full[active] = leaf_sub[: active.size]
+            active = active[full.status[active] == _lbfgs.RUNNING]
+        res = _lbfgs.result(jax.tree_util.tree_map(jnp.asarray, full))
         return {k: np.asarray(v) for k, v in res._asdict().items()}
 
 

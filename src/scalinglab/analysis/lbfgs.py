@@ -95,6 +95,31 @@ def _direction(g: jax.Array, S: jax.Array, Y: jax.Array, rho: jax.Array) -> jax.
     return jnp.where(jnp.dot(d, g) < 0, d, -g * unit)
 
 
+def lbfgs_init(
+    fun: Callable[..., jax.Array], x0: jax.Array, *args, gtol: float = 1e-9, memory: int = 10
+) -> _State:
+    """The state before the first pass from ``x0`` (one start; vmap it for many)."""
+    f0, g0 = jax.value_and_grad(fun)(x0, *args)
+    P = x0.shape[0]
+    zeros = jnp.zeros((memory, P), x0.dtype)
+    rho0 = jnp.zeros(memory, x0.dtype)
+    status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, GTOL, RUNNING)
+    one = jnp.asarray(1.0, x0.dtype)
+    d0 = -g0 / jnp.maximum(jnp.linalg.norm(g0), 1e-30)  # no history yet: unit steepest descent
+    i0 = jnp.asarray(0)
+    inf = jnp.asarray(jnp.inf, x0.dtype)
+    return _State(
+        x0, f0, g0, zeros, zeros, rho0, d0, one, 0 * one, inf, f0, g0, i0, i0, i0 + 1, status0
+    )
+
+
+def result(state: _State) -> LbfgsResult:
+    """The outcome recorded in a state."""
+    return LbfgsResult(
+        state.x, state.f, jnp.max(jnp.abs(state.g), axis=-1), state.k, state.n_eval, state.status
+    )
+
+
 def lbfgs(
     fun: Callable[..., jax.Array],
     x0: jax.Array,
@@ -113,19 +138,29 @@ def lbfgs(
     ``max_iter`` accepted steps. Non-finite trial values count as failed tries,
     so the objective may overflow far from the optimum.
     """
-    value_and_grad = jax.value_and_grad(fun)
-    f0, g0 = value_and_grad(x0, *args)
-    P = x0.shape[0]
-    zeros = jnp.zeros((memory, P), x0.dtype)
-    rho0 = jnp.zeros(memory, x0.dtype)
-    status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, GTOL, RUNNING)
-    one = jnp.asarray(1.0, x0.dtype)
-    d0 = -g0 / jnp.maximum(jnp.linalg.norm(g0), 1e-30)  # no history yet: unit steepest descent
-    i0 = jnp.asarray(0)
-    inf = jnp.asarray(jnp.inf, x0.dtype)
-    state = _State(
-        x0, f0, g0, zeros, zeros, rho0, d0, one, 0 * one, inf, f0, g0, i0, i0, i0 + 1, status0
+    state = lbfgs_init(fun, x0, *args, gtol=gtol, memory=memory)
+    final = lbfgs_run(
+        fun, state, *args, max_iter=max_iter, gtol=gtol, ftol=ftol, max_linesearch=max_linesearch
     )
+    return result(final)
+
+
+def lbfgs_run(
+    fun: Callable[..., jax.Array],
+    state: _State,
+    *args,
+    max_iter: int = 500,
+    gtol: float = 1e-9,
+    ftol: float = 1e-13,
+    max_linesearch: int = 20,
+    max_passes: int | None = None,
+) -> _State:
+    """Continue from ``state`` until it stops, or for at most ``max_passes`` objective
+    evaluations. Running in chunks lets a caller drop finished starts between chunks (a
+    vmapped loop otherwise computes every start until the slowest one stops); the trajectory
+    is the same either way, up to floating-point rounding."""
+    value_and_grad = jax.value_and_grad(fun)
+    one = jnp.asarray(1.0, state.x.dtype)
 
     def step(s: _State) -> _State:
         f_try, g_try = value_and_grad(s.x + s.t * s.d, *args)
@@ -188,7 +223,7 @@ def lbfgs(
         )
         return _State(x, f, g, S, Y, rho, d, t, lo, hi, f_lo, g_lo, n_ls, k, s.n_eval + 1, status)
 
-    final = jax.lax.while_loop(lambda s: s.status == RUNNING, step, state)
-    return LbfgsResult(
-        final.x, final.f, jnp.max(jnp.abs(final.g)), final.k, final.n_eval, final.status
-    )
+    if max_passes is None:
+        return jax.lax.while_loop(lambda s: s.status == RUNNING, step, state)
+    stop_at = state.n_eval + max_passes
+    return jax.lax.while_loop(lambda s: (s.status == RUNNING) & (s.n_eval < stop_at), step, state)
