@@ -346,3 +346,9 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path: Path) -> None:
     assert (one["devices"], two["devices"]) == (1, 2)
     # Only the order of the gradient reduction differs.
     assert two["final_eval_loss"] == pytest.approx(one["final_eval_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "warmup_cosine", "wsd"])
+def test_each_schedule_trains_the_gpt(schedule: str) -> None:
+    first, last = _fit_fixed_batch({"optimizer.schedule": f"{{name: {schedule}}}"})
+    assert last < 0.8 * first, (first, last)
