@@ -57,24 +57,6 @@ def test_decay_mask_skips_norms_biases_embeddings() -> None:
     assert all(jax.tree_util.tree_leaves(everything))
 
 
-def test_adamw_decays_only_masked_weights() -> None:
-    cfg = OptimizerConfig(
-        name="adamw",
-        lr=0.1,
-        weight_decay=0.5,
-        clip_norm=None,
-        schedule=ScheduleConfig(name="constant", warmup_frac=0.0),
-    )
-    tx, _ = build_optimizer(cfg, total_steps=10)
-    params = _params()
-    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
-    updates, _ = tx.update(zero, tx.init(params), params)
-    # Zero gradient: only decoupled decay moves a weight, by -lr * wd * w.
-    np.testing.assert_allclose(updates["block_0"]["mlp"]["kernel"], -0.05)
-    np.testing.assert_allclose(updates["block_0"]["mlp"]["bias"], 0.0)
-    np.testing.assert_allclose(updates["token_embed"]["embedding"], 0.0)
-
-
 def test_clipping_bounds_the_update() -> None:
     cfg = OptimizerConfig(
         name="sgd",
@@ -121,9 +103,10 @@ def test_each_optimizer_reduces_a_quadratic(name: str, nesterov: bool) -> None:
     assert float(loss(params)) < 0.1 * start
 
 
-def test_adafactor_decay_is_scaled_by_the_learning_rate() -> None:
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_decoupled_decay_is_scaled_by_lr_and_masked(name: str) -> None:
     cfg = OptimizerConfig(
-        name="adafactor",
+        name=name,
         lr=0.1,
         weight_decay=0.5,
         clip_norm=None,
@@ -133,6 +116,9 @@ def test_adafactor_decay_is_scaled_by_the_learning_rate() -> None:
     params = _params()
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
-    # Zero gradient: the update is the decoupled decay alone, -lr * wd * w, masked like AdamW.
+    # Zero gradient: only decoupled decay moves a weight, by -lr * wd * w; norms, biases and
+    # embeddings are skipped.
     np.testing.assert_allclose(updates["block_0"]["mlp"]["kernel"], -0.05, rtol=1e-6)
     np.testing.assert_allclose(updates["block_0"]["mlp"]["bias"], 0.0)
+    np.testing.assert_allclose(updates["block_0"]["norm_1"]["scale"], 0.0)
+    np.testing.assert_allclose(updates["token_embed"]["embedding"], 0.0)
