@@ -8,6 +8,25 @@ import pytest
 
 from scalinglab.config import TrialConfig, trial_from_dict
 
+# The base trial of the small test sweeps: 200 steps of a tiny GPT on a synthetic language.
+SWEEP_BASE: dict[str, Any] = {
+    "model": {"n_layer": 1, "d_model": 32, "n_head": 2},
+    "data": {
+        "source": "synthetic",
+        "seq_len": 32,
+        "synthetic": {"vocab_size": 32, "n_tokens": 60000, "branching": 4},
+    },
+    "optimizer": {"lr": 0.01},
+    "train": {
+        "batch_size": 8,
+        "budget": {"steps": 200},
+        "eval_every": 50,
+        "log_every": 10,
+        "eval_tokens": 1024,
+        "checkpoint_every": 25,
+    },
+}
+
 
 def tiny_trial(**overrides: Any) -> TrialConfig:
     """A 1-layer, 32-wide GPT on a small synthetic language; `overrides` are dotted keys."""

@@ -11,27 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SWEEP_BASE as BASE
 from scalinglab.sweep import expand as expand_sweep
 from scalinglab.sweep import load_runs, run_sweep, sweep_from_dict
 from scalinglab.sweep.executors import ExecutorUnavailable, make_executor
-
-BASE = {
-    "model": {"n_layer": 1, "d_model": 32, "n_head": 2},
-    "data": {
-        "source": "synthetic",
-        "seq_len": 32,
-        "synthetic": {"vocab_size": 32, "n_tokens": 60000, "branching": 4},
-    },
-    "optimizer": {"lr": 0.01},
-    "train": {
-        "batch_size": 8,
-        "budget": {"steps": 200},
-        "eval_every": 50,
-        "log_every": 10,
-        "eval_tokens": 1024,
-        "checkpoint_every": 25,
-    },
-}
 
 
 @pytest.fixture(scope="session")

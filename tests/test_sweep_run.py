@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import SWEEP_BASE as BASE
 from scalinglab import runfiles as rf
 from scalinglab.sweep import (
     SweepError,
@@ -31,24 +32,6 @@ from scalinglab.sweep import (
 )
 from scalinglab.sweep.locks import TrialLock, holder
 from scalinglab.train.loop import WALL_CLOCK_FIELDS
-
-BASE = {
-    "model": {"n_layer": 1, "d_model": 32, "n_head": 2},
-    "data": {
-        "source": "synthetic",
-        "seq_len": 32,
-        "synthetic": {"vocab_size": 32, "n_tokens": 60000, "branching": 4},
-    },
-    "optimizer": {"lr": 0.01},
-    "train": {
-        "batch_size": 8,
-        "budget": {"steps": 200},
-        "eval_every": 50,
-        "log_every": 10,
-        "eval_tokens": 1024,
-        "checkpoint_every": 25,
-    },
-}
 
 
 def write_sweep(path: Path, grid: dict[str, list], **extra: Any) -> Path:
