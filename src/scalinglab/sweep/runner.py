@@ -63,8 +63,11 @@ def check_writable(sweep_dir: Path) -> None:
     """Fail early, in one line, on a directory that cannot be created or written."""
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        rf.atomic_write_text(sweep_dir / ".write_test", "ok\n")
-        (sweep_dir / ".write_test").unlink()
+        # A per-process probe: two runners starting on one directory must not remove
+        # each other's probe (that raced and failed one of them).
+        probe = sweep_dir / f".write_test.{os.getpid()}"
+        rf.atomic_write_text(probe, "ok\n")
+        probe.unlink(missing_ok=True)
     except rf.RunDirError as e:
         raise SweepError(f"sweep directory {sweep_dir} is not writable: {e}") from None
     except OSError as e:
