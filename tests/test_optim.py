@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from conftest import tiny_trial
 from scalinglab.config import OptimizerConfig, ScheduleConfig
-from scalinglab.optim import OPTIMIZERS, build_optimizer, build_schedule, decay_mask
+from scalinglab.models import build_model
+from scalinglab.optim import (
+    OPTIMIZERS,
+    build_optimizer,
+    build_schedule,
+    build_update_rule,
+    decay_mask,
+    lr_at,
+    schedule_params,
+)
+from scalinglab.train.loop import build_trainer
+from scalinglab.train.state import abstract_state, init_state
+from scalinglab.train.step import train_step
+from scalinglab.train.tasks import build_task
 
 
 def test_warmup_cosine_closed_form() -> None:
@@ -122,3 +138,85 @@ def test_decoupled_decay_is_scaled_by_lr_and_masked(name: str) -> None:
     np.testing.assert_allclose(updates["block_0"]["mlp"]["bias"], 0.0)
     np.testing.assert_allclose(updates["block_0"]["norm_1"]["scale"], 0.0)
     np.testing.assert_allclose(updates["token_embed"]["embedding"], 0.0)
+
+
+@pytest.mark.parametrize("total", [1, 7, 100, 1001])
+def test_schedules_match_optax(total: int) -> None:
+    # The project's schedule (one formula, traced arguments) against optax's own schedules.
+    lr, w = 0.3, int(round(0.1 * total))
+    cosine = optax.warmup_cosine_decay_schedule(0.0, lr, w, max(total, w + 1), 0.03)
+    decay = int(round(0.2 * total))
+    stable = max(total - w - decay, 0)
+    wsd = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, lr, w),
+            optax.constant_schedule(lr),
+            optax.linear_schedule(lr, 0.03, max(decay, 1)),
+        ],
+        [w, w + stable],
+    )
+    refs = {"warmup_cosine": cosine, "wsd": wsd}
+    if w > 0:
+        refs["constant"] = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, w), optax.constant_schedule(lr)], [w]
+        )
+    for name, ref in refs.items():
+        cfg = ScheduleConfig(name=name, warmup_frac=0.1, final_lr_frac=0.1, decay_frac=0.2)
+        ours = build_schedule(cfg, lr=lr, total_steps=total)
+        hp = schedule_params(cfg, lr, total)
+        for k in sorted({0, 1, w, w + 1, total // 2, total - 1, total, total + 5}):
+            want = float(ref(k))
+            assert float(ours(k)) == pytest.approx(want, rel=1e-5, abs=1e-7), (name, k)
+            assert float(lr_at(k, hp, name, xp=np)) == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["momentum", "adamw", "adafactor"])
+def test_update_rule_scaled_in_step_equals_full_chain(name: str) -> None:
+    # The trainer's form (rule without lr, -lr(step) applied in the step from arguments) gives
+    # bit-identical parameters to the complete optax chain over warmup and decay.
+
+    cfg = tiny_trial(**{"optimizer.name": name, "optimizer.clip_norm": 0.5})
+    steps = 6
+    sched = cfg.optimizer.schedule.model_copy(update={"warmup_frac": 0.34})
+    ocfg = cfg.optimizer.model_copy(update={"schedule": sched})
+    task = build_task(cfg, build_model(cfg.model))
+    full, _ = build_optimizer(ocfg, steps)
+    rule = build_update_rule(ocfg)
+    hp = schedule_params(sched, ocfg.lr, steps)
+    step_full = jax.jit(functools.partial(train_step, task=task, tx=full))
+    step_rule = jax.jit(
+        functools.partial(
+            train_step, task=task, tx=rule, lr_fn=functools.partial(lr_at, name=sched.name)
+        )
+    )
+    a = init_state(task, full, jax.random.PRNGKey(0))
+    b = init_state(task, rule, jax.random.PRNGKey(0))
+    batch = np.random.default_rng(0).integers(0, 32, (8, cfg.data.seq_len + 1), dtype=np.int32)
+    for _ in range(steps):
+        a, _ = step_full(a, batch, jax.random.PRNGKey(1))
+        b, _ = step_rule(b, batch, jax.random.PRNGKey(1), hp)
+    leaves = jax.tree_util.tree_leaves
+    for x, y in zip(leaves(a.params), leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    start = leaves(init_state(task, full, jax.random.PRNGKey(0)).params)
+    moved = [float(jnp.abs(x - s).max()) for x, s in zip(leaves(a.params), start, strict=True)]
+    assert max(moved) > 0
+
+
+def test_budget_and_lr_do_not_change_the_compiled_step() -> None:
+    # Every IsoFLOP budget of one model size (and every lr of an lr sweep) lowers to the same
+    # train-step program, so a sweep compiles it once per shape, not once per trial.
+
+    def hlo(**overrides: object) -> str:
+        cfg = tiny_trial(**overrides)
+        trainer = build_trainer(cfg, 10 * cfg.train.budget.steps)
+        state = abstract_state(trainer.task, trainer.tx)
+        batch = trainer.task.example_batch(cfg.train.batch_size, np.random.default_rng(0))
+        jitted = trainer.step_fn.func  # the jitted step, before its schedule numbers are bound
+        return jitted.lower(
+            state, batch, jax.random.PRNGKey(0), **trainer.step_fn.keywords
+        ).as_text()
+
+    base = hlo()
+    assert hlo(**{"train.budget": "{steps: 300}", "optimizer.lr": 0.05}) == base
+    assert hlo(**{"optimizer.schedule.name": "wsd"}) != base  # a different formula is compiled

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from scalinglab.config import OptimizerConfig, ScheduleConfig
@@ -14,38 +17,58 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "adafactor")
 SCHEDULES = ("constant", "warmup_cosine", "wsd")
 
 
-def build_schedule(cfg: ScheduleConfig, lr: float, total_steps: int) -> optax.Schedule:
-    """Learning rate as a function of the step; fractions in `cfg` are of `total_steps`."""
-    total_steps = max(int(total_steps), 1)
-    warmup = int(round(cfg.warmup_frac * total_steps))
-    final = lr * cfg.final_lr_frac
-    if cfg.name == "constant":
-        if warmup == 0:
-            return optax.constant_schedule(lr)
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
-        )
-    if cfg.name == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=lr,
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=final,
-        )
+def schedule_params(cfg: ScheduleConfig, lr: float, total_steps: int) -> dict[str, np.ndarray]:
+    """The numbers that define a schedule, as float32 scalars (fractions resolved to steps).
+
+    The trainer passes them to the jitted step as arguments, not constants, so trials that
+    differ only in budget or learning rate (every IsoFLOP budget of one model size) share one
+    compiled train step.
+    """
+    total = max(int(total_steps), 1)
+    warmup = int(round(cfg.warmup_frac * total))
     if cfg.name == "wsd":
         # Warmup, a long stable phase at peak, then a linear decay over the last decay_frac.
-        decay = int(round(cfg.decay_frac * total_steps))
-        stable = max(total_steps - warmup - decay, 0)
-        return optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, lr, warmup),
-                optax.constant_schedule(lr),
-                optax.linear_schedule(lr, final, max(decay, 1)),
-            ],
-            [warmup, warmup + stable],
-        )
-    raise ValueError(f"optimizer.schedule.name: unknown {cfg.name!r}; allowed: {SCHEDULES}")
+        decay = int(round(cfg.decay_frac * total))
+        start = warmup + max(total - warmup - decay, 0)
+        end = start + max(decay, 1)
+    else:  # warmup_cosine decays from the end of warmup; constant never decays
+        start, end = warmup, max(total, warmup + 1)
+    values = {
+        "lr": lr,
+        "final": lr * cfg.final_lr_frac,
+        "warmup": warmup,
+        "decay_start": start,
+        "decay_end": end,
+    }
+    return {k: np.float32(v) for k, v in values.items()}
+
+
+def lr_at(step: Any, hp: dict[str, Any], name: str, xp: Any = jnp) -> Any:
+    """Learning rate at `step`: a linear warmup from 0 to `lr`, then `name`'s decay from `lr`
+    to `final` between `decay_start` and `decay_end` (optax's schedules, written once so the
+    same code runs traced in the step and in numpy on the host)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule.name: unknown {name!r}; allowed: {SCHEDULES}")
+    s = xp.asarray(step).astype(xp.float32)
+    lr, final = hp["lr"], hp["final"]
+    warm = lr * s / xp.maximum(hp["warmup"], xp.float32(1))
+    frac = xp.clip((s - hp["decay_start"]) / (hp["decay_end"] - hp["decay_start"]), 0, 1)
+    if name == "warmup_cosine":
+        shape = 0.5 * (1 + xp.cos(xp.float32(np.pi) * frac))
+    elif name == "wsd":
+        shape = 1 - frac
+    else:
+        shape = xp.ones_like(frac)
+    decayed = lr if name == "constant" else final + (lr - final) * shape
+    return xp.where(s < hp["warmup"], warm, decayed)
+
+
+def build_schedule(cfg: ScheduleConfig, lr: float, total_steps: int) -> optax.Schedule:
+    """Learning rate as a function of the step; fractions in `cfg` are of `total_steps`."""
+    if cfg.name not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule.name: unknown {cfg.name!r}; allowed: {SCHEDULES}")
+    hp = schedule_params(cfg, lr, total_steps)
+    return lambda count: lr_at(count, hp, cfg.name)
 
 
 def _path_kind(path: tuple[Any, ...]) -> str:
@@ -65,40 +88,28 @@ def decay_mask(params: Any, exclude: list[str] | tuple[str, ...]) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: _path_kind(p) not in exclude, params)
 
 
-def build_optimizer(
-    cfg: OptimizerConfig, total_steps: int
-) -> tuple[optax.GradientTransformation, Callable[[int], float]]:
-    """The optax chain for `cfg` and its learning-rate schedule (logged as `lr`)."""
-    schedule = build_schedule(cfg.schedule, cfg.lr, total_steps)
+def build_update_rule(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """The optimiser without its learning rate: clipping, the update rule and weight decay.
+
+    Its updates are to be scaled by `-lr(step)`; the trainer does that in the step with the
+    schedule's numbers as arguments (see `schedule_params`).
+    """
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    mask = functools.partial(decay_mask, exclude=cfg.decay_exclude)
     if cfg.weight_decay > 0 and cfg.name in ("sgd", "momentum", "adam"):
         # Coupled L2 (wd * param added to the gradient), as torch's SGD and Adam do; adamw and
-        # adafactor decouple the decay from the adaptive scaling.
-        parts.append(
-            optax.masked(
-                optax.add_decayed_weights(cfg.weight_decay),
-                lambda p: decay_mask(p, cfg.decay_exclude),
-            )
-        )
+        # adafactor decouple the decay from the adaptive scaling (but not from the lr).
+        parts.append(optax.masked(optax.add_decayed_weights(cfg.weight_decay), mask))
     if cfg.name == "sgd":
-        parts.append(optax.sgd(schedule))
+        pass
     elif cfg.name == "momentum":
-        parts.append(optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
-    elif cfg.name == "adam":
-        parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-    elif cfg.name == "adamw":
-        parts.append(
-            optax.adamw(
-                schedule,
-                b1=cfg.b1,
-                b2=cfg.b2,
-                eps=cfg.eps,
-                weight_decay=cfg.weight_decay,
-                mask=lambda p: decay_mask(p, cfg.decay_exclude),
-            )
-        )
+        parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
+    elif cfg.name in ("adam", "adamw"):
+        parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+        if cfg.name == "adamw":
+            parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     elif cfg.name == "adafactor":
         # Factored second moments and update clipping as in optax.adafactor, with decay added
         # before the learning rate like AdamW's (optax.adafactor adds its decay after the
@@ -106,11 +117,17 @@ def build_optimizer(
         parts += [
             optax.scale_by_factored_rms(),
             optax.clip_by_block_rms(1.0),
-            optax.add_decayed_weights(
-                cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.decay_exclude)
-            ),
-            optax.scale_by_learning_rate(schedule),
+            optax.add_decayed_weights(cfg.weight_decay, mask=mask),
         ]
     else:
         raise ValueError(f"optimizer.name: unknown {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return optax.chain(*parts), schedule
+    return optax.chain(*parts)
+
+
+def build_optimizer(
+    cfg: OptimizerConfig, total_steps: int
+) -> tuple[optax.GradientTransformation, Callable[[int], Any]]:
+    """The complete optax chain for `cfg` (update rule, then `-lr(step)`) and its schedule."""
+    schedule = build_schedule(cfg.schedule, cfg.lr, total_steps)
+    tx = optax.chain(build_update_rule(cfg), optax.scale_by_learning_rate(schedule))
+    return tx, schedule

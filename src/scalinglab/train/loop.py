@@ -28,7 +28,7 @@ from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, dump_trial
 from scalinglab.data import build_dataset
 from scalinglab.models import build_model, count_params
-from scalinglab.optim import build_optimizer
+from scalinglab.optim import build_update_rule, lr_at, schedule_params
 from scalinglab.train import checkpoint as ckpt
 from scalinglab.train import mesh as mesh_mod
 from scalinglab.train.state import abstract_state, init_state
@@ -113,8 +113,8 @@ class Trainer(NamedTuple):
     """The compiled pieces of one trial: objective, optimiser, schedule and jitted steps."""
 
     task: Any
-    tx: optax.GradientTransformation
-    schedule: Callable[[int], Any]
+    tx: optax.GradientTransformation  # the update rule; the step scales it by -schedule(step)
+    schedule: Callable[[int], Any]  # host-side (numpy) learning rate at a step, for the logs
     step_fn: Callable[..., Any]  # (state, batch, key) -> (state, metrics); donates state
     eval_fn: Callable[..., Any]  # (state, batch) -> metrics
 
@@ -122,10 +122,14 @@ class Trainer(NamedTuple):
 def build_trainer(cfg: TrialConfig, total_steps: int) -> Trainer:
     """Model, objective, optimiser and jitted train/eval steps for `cfg` (no state yet)."""
     task = build_task(cfg, build_model(cfg.model))
-    tx, schedule = build_optimizer(cfg.optimizer, total_steps)
-    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx), donate_argnums=0)
+    tx = build_update_rule(cfg.optimizer)
+    name = cfg.optimizer.schedule.name
+    hp = schedule_params(cfg.optimizer.schedule, cfg.optimizer.lr, total_steps)
+    lr_fn = functools.partial(lr_at, name=name)
+    step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
+    step_fn = functools.partial(step, lr_params=hp)
     eval_fn = jax.jit(functools.partial(eval_step, task=task))
-    return Trainer(task, tx, schedule, step_fn, eval_fn)
+    return Trainer(task, tx, functools.partial(lr_at, hp=hp, name=name, xp=np), step_fn, eval_fn)
 
 
 def _batch_placement(batch: Any, mesh: Any) -> Any:

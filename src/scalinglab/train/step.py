@@ -6,6 +6,7 @@ model family.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,12 +19,20 @@ def train_step(
     state: TrainState,
     batch: Any,
     base_key: jax.Array,
+    lr_params: Any = None,
     *,
     task: Any,
     tx: optax.GradientTransformation,
+    lr_fn: Callable[[jax.Array, Any], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step. The random key is folded with the step, so a resumed run draws the
-    same dropout masks and augmentations as an uninterrupted one."""
+    same dropout masks and augmentations as an uninterrupted one.
+
+    With `lr_fn`, `tx` is an update rule without learning rate and the update is scaled by
+    `-lr_fn(step, lr_params)`: the schedule's numbers are arguments, not compiled constants,
+    so runs that differ only in budget or learning rate share one compiled step. Without it,
+    `tx` is a complete optax chain.
+    """
     key = jax.random.fold_in(base_key, state.step)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
@@ -31,6 +40,9 @@ def train_step(
 
     (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if lr_fn is not None:
+        step_size = -lr_fn(state.step, lr_params)
+        updates = jax.tree_util.tree_map(lambda u: step_size.astype(u.dtype) * u, updates)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     new_state = TrainState(
