@@ -220,3 +220,17 @@ def test_budget_and_lr_do_not_change_the_compiled_step() -> None:
     base = hlo()
     assert hlo(**{"train.budget": "{steps: 300}", "optimizer.lr": 0.05}) == base
     assert hlo(**{"optimizer.schedule.name": "wsd"}) != base  # a different formula is compiled
+
+
+def test_trials_of_one_model_share_the_jitted_steps() -> None:
+    # A sweep worker's next trial of the same model reuses the traced step; anything the step
+    # depends on (model, optimiser rule, schedule formula) gives a new one.
+    def jitted(**overrides: object) -> object:
+        cfg = tiny_trial(**overrides)
+        return build_trainer(cfg, cfg.train.budget.steps).step_fn.func
+
+    base = jitted()
+    assert jitted(**{"train.budget": "{steps: 7}", "optimizer.lr": 0.5, "seed": 3}) is base
+    assert jitted(**{"model.d_model": 16}) is not base
+    assert jitted(**{"optimizer.b2": 0.9}) is not base
+    assert jitted(**{"optimizer.schedule.name": "wsd"}) is not base

@@ -10,6 +10,7 @@ wall-clock fields) to that of an uninterrupted run.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import signal
 import threading
@@ -32,7 +33,7 @@ from scalinglab.optim import build_update_rule, lr_at, schedule_params
 from scalinglab.train import checkpoint as ckpt
 from scalinglab.train import mesh as mesh_mod
 from scalinglab.train.state import abstract_state, init_state
-from scalinglab.train.step import eval_step, train_step
+from scalinglab.train.step import eval_steps, train_step
 from scalinglab.train.tasks import build_task
 
 # Fields of a metrics record that depend on the wall clock, not on the computation.
@@ -116,26 +117,65 @@ class Trainer(NamedTuple):
     tx: optax.GradientTransformation  # the update rule; the step scales it by -schedule(step)
     schedule: Callable[[int], Any]  # host-side (numpy) learning rate at a step, for the logs
     step_fn: Callable[..., Any]  # (state, batch, key) -> (state, metrics); donates state
-    eval_fn: Callable[..., Any]  # (state, batch) -> metrics
+    eval_fn: Callable[..., Any]  # (state, stacked batches) -> metrics per batch
 
 
 def build_trainer(cfg: TrialConfig, total_steps: int) -> Trainer:
-    """Model, objective, optimiser and jitted train/eval steps for `cfg` (no state yet)."""
-    task = build_task(cfg, build_model(cfg.model))
-    tx = build_update_rule(cfg.optimizer)
+    """Model, objective, optimiser and jitted train/eval steps for `cfg` (no state yet).
+
+    The jitted steps are shared by every trial of this process whose model, data and update
+    rule match (`_jitted_steps`); the trial's own learning rate and schedule are bound here.
+    """
     name = cfg.optimizer.schedule.name
     hp = schedule_params(cfg.optimizer.schedule, cfg.optimizer.lr, total_steps)
-    lr_fn = functools.partial(lr_at, name=name)
-    step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
+    opt = cfg.optimizer.model_dump(mode="json", exclude={"lr", "schedule"})
+    key = json.dumps(
+        [cfg.model.model_dump(mode="json"), cfg.data.model_dump(mode="json"), opt, name],
+        sort_keys=True,
+    )
+    task, tx, step, eval_fn = _jitted_steps(_Keyed(key, cfg))
     step_fn = functools.partial(step, lr_params=hp)
-    eval_fn = jax.jit(functools.partial(eval_step, task=task))
     return Trainer(task, tx, functools.partial(lr_at, hp=hp, name=name, xp=np), step_fn, eval_fn)
 
 
-def _batch_placement(batch: Any, mesh: Any) -> Any:
-    """Split a batch over the data mesh when it divides evenly; otherwise replicate it."""
+class _Keyed(NamedTuple):
+    """A config hashed and compared by `key` alone (the parts the jitted steps depend on)."""
+
+    key: str
+    cfg: TrialConfig
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Keyed) and other.key == self.key
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_steps(keyed: _Keyed) -> tuple[Any, Any, Any, Any]:
+    """Task, update rule and jitted train/eval steps for the parts of the config that the key
+    names (model, data, optimiser without its lr and schedule numbers).
+
+    Memoised on `key` so that a sweep worker's next trial of the same model (another budget,
+    learning rate or seed) reuses the traced and compiled steps instead of tracing, lowering
+    and loading them from the persistent cache again (about 0.5 s a trial for small models).
+    """
+    cfg = keyed.cfg
+    task = build_task(cfg, build_model(cfg.model))
+    tx = build_update_rule(cfg.optimizer)
+    lr_fn = functools.partial(lr_at, name=cfg.optimizer.schedule.name)
+    step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_steps, task=task))
+    return task, tx, step, eval_fn
+
+
+def _batch_placement(batch: Any, mesh: Any, *, stacked: bool = False) -> Any:
+    """Split a batch (or, `stacked`, a stack of such batches along their second axis) over the
+    data mesh when it divides evenly; otherwise replicate it."""
     n = len(jax.tree_util.tree_leaves(batch)[0])
-    return mesh_mod.batch_sharded(mesh) if n % mesh.size == 0 else mesh_mod.replicated(mesh)
+    if n % mesh.size:
+        return mesh_mod.replicated(mesh)
+    return mesh_mod.stacked_batch_sharded(mesh) if stacked else mesh_mod.batch_sharded(mesh)
 
 
 def _status(run_dir: Path, status: str, **extra: Any) -> None:
@@ -214,7 +254,8 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
     mesh = mesh_mod.data_mesh(B)
     state_sharding, batch_sharding = mesh_mod.replicated(mesh), mesh_mod.batch_sharded(mesh)
     target = mesh_mod.with_sharding(abstract_state(task, tx), state_sharding)
-    val = [jax.device_put(b, _batch_placement(b, mesh)) for b in val_host]
+    val_stack = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *val_host)
+    val = jax.device_put(val_stack, _batch_placement(val_host[0], mesh, stacked=True))
     restored = ckpt.restore_latest(manager, target)
     if restored is None:
         state, host = init_state(task, tx, init_key, state_sharding), _Host()
@@ -296,9 +337,9 @@ def _train(cfg: TrialConfig, run_dir: Path, progress: ProgressFn | None) -> dict
                 host.losses_since_log = []
                 log_t0, log_step0 = now, step
             if is_eval:
-                evals = [jax.device_get(eval_fn(state, b)) for b in val]
-                for name in evals[0]:
-                    rec[f"eval_{name}"] = float(np.mean([float(e[name]) for e in evals]))
+                evals = jax.device_get(eval_fn(state, val))  # {name: (n_batches,)}
+                for name, per_batch in evals.items():
+                    rec[f"eval_{name}"] = float(np.mean([float(x) for x in per_batch]))
                 ev = rec["eval_loss"]
                 host.last_eval = ev
                 host.last_eval_metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}

@@ -32,6 +32,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of a (n_batches, batch, ...) stack: each batch split along its batch axis."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
 def with_sharding(abstract: Any, sharding: NamedSharding) -> Any:
     """Attach `sharding` to every ShapeDtypeStruct of an abstract pytree (orbax's restore
     target must say where each array goes)."""
