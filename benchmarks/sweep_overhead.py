@@ -12,6 +12,10 @@ where t_step_i is the steady-state time of one jitted train step of trial i's mo
 after compilation in `workers` concurrent worker-like processes (same thread limits, all cores
 busy, as in the sweep). 1.0 means the sweep cost nothing beyond its train steps; the target is
 at most 1.15 with 2 workers on 2 cores.
+
+The machine's speed drifts by 10-20% over minutes (a shared VM), so the step times are probed
+three times: before the cold sweep, between the sweeps and after the warm one; each phase is
+divided by the mean of the two probes around it, and every probe is reported.
 """
 
 from __future__ import annotations
@@ -23,19 +27,25 @@ import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from scalinglab.sweep import load_runs, load_sweep, run_sweep
 from scalinglab.sweep.plan import _probe_worker
 from scalinglab.sweep.runner import default_workers
+from scalinglab.train.loop import plan_steps
+
+
+def shape_key(trial: Any) -> str:
+    """What a train step's time depends on: the model, the sequence length, the batch size."""
+    cfg = trial.config.model_dump(mode="json")
+    return json.dumps([cfg["model"], cfg["data"]["seq_len"], cfg["train"]["batch_size"]])
 
 
 def step_times(trials: list, workers: int, threads: int) -> dict[str, float]:
     """Seconds per train step of each distinct model, timed in `workers` processes at once."""
     shapes: dict[str, dict] = {}
     for t in trials:
-        cfg = t.config.model_dump(mode="json")
-        key = json.dumps([cfg["model"], cfg["data"]["seq_len"], cfg["train"]["batch_size"]])
-        shapes.setdefault(key, cfg)
+        shapes.setdefault(shape_key(t), t.config.model_dump(mode="json"))
     cfgs = list(shapes.values())
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -67,6 +77,13 @@ def main() -> None:
         "threads": threads,
         "cores": default_workers(),
     }
+
+    def pure_seconds() -> float:
+        t_step = step_times(trials, args.workers, threads)
+        return sum(plan_steps(t.config) * t_step[shape_key(t)] for t in trials)
+
+    probes = [pure_seconds()]
+    print("probe", probes[-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         for phase in ("cold", "warm"):
@@ -83,16 +100,12 @@ def main() -> None:
                 "steps": int(runs["steps"].sum()),
             }
             print(phase, report[phase], flush=True)
-    t_step = step_times(trials, args.workers, threads)
-    pure = 0.0
-    for t in trials:
-        cfg = t.config.model_dump(mode="json")
-        key = json.dumps([cfg["model"], cfg["data"]["seq_len"], cfg["train"]["batch_size"]])
-        from scalinglab.train.loop import plan_steps
-
-        pure += plan_steps(t.config) * t_step[key]
-    report["pure_step_s"] = pure
-    for phase in ("cold", "warm"):
+            probes.append(pure_seconds())
+            print("probe", probes[-1], flush=True)
+    report["pure_step_s_probes"] = probes
+    for i, phase in enumerate(("cold", "warm")):
+        pure = (probes[i] + probes[i + 1]) / 2
+        report[phase]["pure_step_s"] = pure
         report[phase]["overhead"] = report[phase]["wall_s"] * args.workers / pure
     print(json.dumps(report, indent=2))
     if args.json:
