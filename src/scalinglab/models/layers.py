@@ -149,8 +149,9 @@ def _causal_probs(q_BxHxTxDh: Array, k_BxHxTxDh: Array) -> Array:
     """Softmax of the causally masked, scaled scores, in float32."""
     t, dh = q_BxHxTxDh.shape[-2:]
     kt_BxHxDhxT = jnp.swapaxes(k_BxHxTxDh, -1, -2)
+    # The 1/sqrt(Dh) scale on q (T x Dh) rather than on the scores (T x T).
+    q_BxHxTxDh = q_BxHxTxDh * jnp.asarray(1.0 / math.sqrt(dh), q_BxHxTxDh.dtype)
     s_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", q_BxHxTxDh, kt_BxHxDhxT).astype(jnp.float32)
-    s_BxHxTxT = s_BxHxTxT * (1.0 / math.sqrt(dh))
     causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
     s_BxHxTxT = jnp.where(causal_TxT, s_BxHxTxT, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(s_BxHxTxT, axis=-1)
@@ -180,9 +181,11 @@ def _attn_bwd(res: tuple, dy_BxHxTxDh: Array) -> tuple[Array, Array, Array]:
     dvt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", dyt_BxHxDhxT, p_BxHxTxT)
     dp_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", dy_BxHxTxDh, jnp.swapaxes(v, -1, -2))
     p32, dp32 = p_BxHxTxT.astype(jnp.float32), dp_BxHxTxT.astype(jnp.float32)
-    ds_BxHxTxT = (p32 * (dp32 - jnp.sum(dp32 * p32, -1, keepdims=True)) * scale).astype(q.dtype)
-    dq = jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k)
-    dkt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(q, -1, -2), ds_BxHxTxT)
+    # Gradient of the unscaled scores; the scale goes on the (T, Dh) results, not on (T, T).
+    ds_BxHxTxT = (p32 * (dp32 - jnp.sum(dp32 * p32, -1, keepdims=True))).astype(q.dtype)
+    dq = jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k) * jnp.asarray(scale, q.dtype)
+    qs = q * jnp.asarray(scale, q.dtype)
+    dkt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(qs, -1, -2), ds_BxHxTxT)
     return dq, jnp.swapaxes(dkt_BxHxDhxT, -1, -2), jnp.swapaxes(dvt_BxHxDhxT, -1, -2)
 
 
