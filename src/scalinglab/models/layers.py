@@ -184,14 +184,18 @@ def _attn_bwd(res: tuple, dy_BxHxTxDh: Array) -> tuple[Array, Array, Array]:
     q, k, v, p_BxHxTxT = res
     scale = 1.0 / math.sqrt(q.shape[-1])
     dyt_BxHxDhxT = jnp.swapaxes(dy_BxHxTxDh, -1, -2)
-    dvt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", dyt_BxHxDhxT, p_BxHxTxT)
+    dvt_BxHxDhxT = jax.lax.optimization_barrier(
+        jnp.einsum("bhdt,bhts->bhds", dyt_BxHxDhxT, p_BxHxTxT)
+    )
     dp_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", dy_BxHxTxDh, jnp.swapaxes(v, -1, -2))
     p32, dp32 = p_BxHxTxT.astype(jnp.float32), dp_BxHxTxT.astype(jnp.float32)
     # Gradient of the unscaled scores; the scale goes on the (T, Dh) results, not on (T, T).
     ds_BxHxTxT = (p32 * (dp32 - jnp.sum(dp32 * p32, -1, keepdims=True))).astype(q.dtype)
     dq = jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k) * jnp.asarray(scale, q.dtype)
     qs = q * jnp.asarray(scale, q.dtype)
-    dkt_BxHxDhxT = jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(qs, -1, -2), ds_BxHxTxT)
+    dkt_BxHxDhxT = jax.lax.optimization_barrier(
+        jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(qs, -1, -2), ds_BxHxTxT)
+    )
     return dq, jnp.swapaxes(dkt_BxHxDhxT, -1, -2), jnp.swapaxes(dvt_BxHxDhxT, -1, -2)
 
 
