@@ -202,6 +202,75 @@ def _attn_bwd(res: tuple, dy_BxHxTxDh: Array) -> tuple[Array, Array, Array]:
 causal_attention.defvjp(_attn_fwd, _attn_bwd)
 
 
+def _swap(x: Array) -> Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _softmax_rows(s: Array, visible: Array) -> Array:
+    return jax.nn.softmax(s.astype(jnp.float32) + _mask_bias(visible), axis=-1)
+
+
+@jax.custom_vjp
+def block_causal_attention(q: Array, k: Array, v: Array) -> Array:
+    """`causal_attention` computed in two query blocks: the first half of the queries only
+    scores the first half of the keys (the rest is masked anyway), so a quarter of the (T, T)
+    work is skipped. Same values and gradients as `causal_attention` (tested)."""
+    return _blk_fwd(q, k, v)[0]
+
+
+def _blk_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
+    t, dh = q.shape[-2:]
+    h = t // 2
+    qs = q * jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
+    tri_hxh = jnp.tril(jnp.ones((h, h), dtype=bool))
+    vis_hxT = jnp.concatenate([jnp.ones((h, h), dtype=bool), tri_hxh], axis=1)
+    pa = _softmax_rows(jnp.einsum("bhtd,bhds->bhts", qs[..., :h, :], _swap(k[..., :h, :])), tri_hxh)
+    pb = _softmax_rows(jnp.einsum("bhtd,bhds->bhts", qs[..., h:, :], _swap(k)), vis_hxT)
+    pa, pb = pa.astype(v.dtype), pb.astype(v.dtype)
+    ya = jnp.einsum("bhts,bhsd->bhtd", pa, v[..., :h, :])
+    yb = jnp.einsum("bhts,bhsd->bhtd", pb, v)
+    return jnp.concatenate([ya, yb], axis=-2), (q, k, v, pa, pb)
+
+
+def _blk_bwd(res: tuple, dy: Array) -> tuple[Array, Array, Array]:
+    q, k, v, pa, pb = res
+    t, dh = q.shape[-2:]
+    h = t // 2
+    scale = jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
+    dya, dyb = dy[..., :h, :], dy[..., h:, :]
+
+    def ds(p: Array, dy_: Array, v_: Array) -> Array:
+        dp = jnp.einsum("bhtd,bhds->bhts", dy_, _swap(v_)).astype(jnp.float32)
+        p32 = p.astype(jnp.float32)
+        return (p32 * (dp - jnp.sum(dp * p32, -1, keepdims=True))).astype(q.dtype)
+
+    dsa, dsb = ds(pa, dya, v[..., :h, :]), ds(pb, dyb, v)
+    dq = (
+        jnp.concatenate(
+            [
+                jnp.einsum("bhts,bhsd->bhtd", dsa, k[..., :h, :]),
+                jnp.einsum("bhts,bhsd->bhtd", dsb, k),
+            ],
+            axis=-2,
+        )
+        * scale
+    )
+    qs = q * scale
+    # Weight-style gradients in the (Dh, keys) layout, kept there by a barrier (see
+    # `_attn_bwd`); block A only reaches the first h keys.
+    dvt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dyb), pb))
+    dvt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dya), pa))
+    dkt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., h:, :]), dsb))
+    dkt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., :h, :]), dsa))
+    pad = [(0, 0)] * (q.ndim - 1) + [(0, t - h)]
+    dv = _swap(dvt_b + jnp.pad(dvt_a, pad))
+    dk = _swap(dkt_b + jnp.pad(dkt_a, pad))
+    return dq, dk, dv
+
+
+block_causal_attention.defvjp(_blk_fwd, _blk_bwd)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention on flattened (B*T, D) activations.
 
@@ -238,7 +307,8 @@ class CausalSelfAttention(nn.Module):
                 "bhts,bhsd->bhtd", p_BxHxTxT.astype(v_BxHxTxDh.dtype), v_BxHxTxDh
             )
         else:
-            y_BxHxTxDh = causal_attention(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)
+            attend = block_causal_attention if t % 2 == 0 and t >= 64 else causal_attention
+            y_BxHxTxDh = attend(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)
         y_BTxD = y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(bt, d)
         y_BTxD = nn.Dense(d, kernel_init=dense_init(self.out_std), name="proj", **dense)(y_BTxD)
         return nn.Dropout(self.dropout)(y_BTxD, deterministic=deterministic)
