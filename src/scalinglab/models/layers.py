@@ -229,20 +229,22 @@ def _blk_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
     pa, pb = pa.astype(v.dtype), pb.astype(v.dtype)
     ya = jnp.einsum("bhts,bhsd->bhtd", pa, v[..., :h, :])
     yb = jnp.einsum("bhts,bhsd->bhtd", pb, v)
-    return jnp.concatenate([ya, yb], axis=-2), (q, k, v, pa, pb)
+    # The scaled q is what the backward needs; saving it (not q) lets XLA fuse the scaling
+    # into the copy that slices q out of the fused qkv projection.
+    return jnp.concatenate([ya, yb], axis=-2), (qs, k, v, pa, pb)
 
 
 def _blk_bwd(res: tuple, dy: Array) -> tuple[Array, Array, Array]:
-    q, k, v, pa, pb = res
-    t, dh = q.shape[-2:]
+    qs, k, v, pa, pb = res
+    t, dh = qs.shape[-2:]
     h = t // 2
-    scale = jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
+    scale = jnp.asarray(1.0 / math.sqrt(dh), qs.dtype)
     dya, dyb = dy[..., :h, :], dy[..., h:, :]
 
     def ds(p: Array, dy_: Array, v_: Array) -> Array:
         dp = jnp.einsum("bhtd,bhds->bhts", dy_, _swap(v_)).astype(jnp.float32)
         p32 = p.astype(jnp.float32)
-        return (p32 * (dp - jnp.sum(dp * p32, -1, keepdims=True))).astype(q.dtype)
+        return (p32 * (dp - jnp.sum(dp * p32, -1, keepdims=True))).astype(qs.dtype)
 
     dsa, dsb = ds(pa, dya, v[..., :h, :]), ds(pb, dyb, v)
     dq = (
@@ -255,14 +257,13 @@ def _blk_bwd(res: tuple, dy: Array) -> tuple[Array, Array, Array]:
         )
         * scale
     )
-    qs = q * scale
     # Weight-style gradients in the (Dh, keys) layout, kept there by a barrier (see
     # `_attn_bwd`); block A only reaches the first h keys.
     dvt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dyb), pb))
     dvt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dya), pa))
     dkt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., h:, :]), dsb))
     dkt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., :h, :]), dsa))
-    pad = [(0, 0)] * (q.ndim - 1) + [(0, t - h)]
+    pad = [(0, 0)] * (qs.ndim - 1) + [(0, t - h)]
     dv = _swap(dvt_b + jnp.pad(dvt_a, pad))
     dk = _swap(dkt_b + jnp.pad(dkt_a, pad))
     return dq, dk, dv
