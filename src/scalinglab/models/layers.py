@@ -203,10 +203,12 @@ causal_attention.defvjp(_attn_fwd, _attn_bwd)
 
 
 def _swap(x: Array) -> Array:
+    """Swap the last two axes (a (T, Dh) block to (Dh, T))."""
     return jnp.swapaxes(x, -1, -2)
 
 
 def _softmax_rows(s: Array, visible: Array) -> Array:
+    """Row softmax of scores in float32, entries not `visible` masked by the additive bias."""
     return jax.nn.softmax(s.astype(jnp.float32) + _mask_bias(visible), axis=-1)
 
 
