@@ -153,14 +153,48 @@ def _mask_bias(visible: Array) -> Array:
     return jnp.where(visible, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
+def _swap(x: Array) -> Array:
+    """Swap the last two axes (a (T, Dh) block to (Dh, T))."""
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _softmax_rows(s: Array, visible: Array) -> Array:
+    """Row softmax of scores in float32, entries not `visible` masked by the additive bias."""
+    return jax.nn.softmax(s.astype(jnp.float32) + _mask_bias(visible), axis=-1)
+
+
+def _probs(qs: Array, k: Array, visible: Array) -> Array:
+    """softmax(qs k^T + mask) for already scaled queries, in float32."""
+    return _softmax_rows(jnp.einsum("bhtd,bhds->bhts", qs, _swap(k)), visible)
+
+
+def _scaled(q: Array) -> Array:
+    """q * 1/sqrt(Dh): the scale goes on q (T x Dh), not on the scores (T x T)."""
+    return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+
+
 def _causal_probs(q_BxHxTxDh: Array, k_BxHxTxDh: Array) -> Array:
     """Softmax of the causally masked, scaled scores, in float32."""
-    t, dh = q_BxHxTxDh.shape[-2:]
-    kt_BxHxDhxT = jnp.swapaxes(k_BxHxTxDh, -1, -2)
-    # The 1/sqrt(Dh) scale on q (T x Dh) rather than on the scores (T x T).
-    q_BxHxTxDh = q_BxHxTxDh * jnp.asarray(1.0 / math.sqrt(dh), q_BxHxTxDh.dtype)
-    s_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", q_BxHxTxDh, kt_BxHxDhxT).astype(jnp.float32)
-    return jax.nn.softmax(s_BxHxTxT + _mask_bias(jnp.tril(jnp.ones((t, t), dtype=bool))), axis=-1)
+    t = q_BxHxTxDh.shape[-2]
+    return _probs(_scaled(q_BxHxTxDh), k_BxHxTxDh, jnp.tril(jnp.ones((t, t), dtype=bool)))
+
+
+def _scores_grad(p: Array, dy: Array, v: Array, dtype: Dtype) -> Array:
+    """Gradient of the unscaled scores from the probabilities and the output's cotangent."""
+    dp = jnp.einsum("bhtd,bhds->bhts", dy, _swap(v)).astype(jnp.float32)
+    p32 = p.astype(jnp.float32)
+    return (p32 * (dp - jnp.sum(dp * p32, -1, keepdims=True))).astype(dtype)
+
+
+def _keys_grad_t(a: Array, b: Array) -> Array:
+    """a^T b, a key-side gradient (dV^T or dK^T), in its computed (Dh, keys) layout.
+
+    Every matmul contracts the left operand's last axis with the right operand's
+    second-to-last, the form XLA's CPU backend runs fastest. The barrier stops XLA from
+    folding the caller's final transpose back into the dot, which turned it into the slow
+    form (contracting the left operand's first axis; 8 Eigen dots, 6.5 ms a step, profiled).
+    """
+    return jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(a), b))
 
 
 @jax.custom_vjp
@@ -168,11 +202,9 @@ def causal_attention(q_BxHxTxDh: Array, k_BxHxTxDh: Array, v_BxHxTxDh: Array) ->
     """softmax(q k^T / sqrt(Dh) + causal mask) v, per batch and head, with a hand-written VJP.
 
     The backward pass reuses the saved probabilities and writes every matmul in the form
-    XLA's CPU backend runs fastest (contracting the left operand's last axis with the right
-    operand's second-to-last), transposing the small (T, Dh) operands instead of the (T, T) ones.
+    XLA's CPU backend runs fastest (see `_keys_grad_t`).
     """
-    p_BxHxTxT = _causal_probs(q_BxHxTxDh, k_BxHxTxDh).astype(v_BxHxTxDh.dtype)
-    return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxT, v_BxHxTxDh)
+    return _attn_fwd(q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh)[0]
 
 
 def _attn_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
@@ -182,34 +214,14 @@ def _attn_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
 
 def _attn_bwd(res: tuple, dy_BxHxTxDh: Array) -> tuple[Array, Array, Array]:
     q, k, v, p_BxHxTxT = res
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    dyt_BxHxDhxT = jnp.swapaxes(dy_BxHxTxDh, -1, -2)
-    dvt_BxHxDhxT = jax.lax.optimization_barrier(
-        jnp.einsum("bhdt,bhts->bhds", dyt_BxHxDhxT, p_BxHxTxT)
-    )
-    dp_BxHxTxT = jnp.einsum("bhtd,bhds->bhts", dy_BxHxTxDh, jnp.swapaxes(v, -1, -2))
-    p32, dp32 = p_BxHxTxT.astype(jnp.float32), dp_BxHxTxT.astype(jnp.float32)
-    # Gradient of the unscaled scores; the scale goes on the (T, Dh) results, not on (T, T).
-    ds_BxHxTxT = (p32 * (dp32 - jnp.sum(dp32 * p32, -1, keepdims=True))).astype(q.dtype)
-    dq = jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k) * jnp.asarray(scale, q.dtype)
-    qs = q * jnp.asarray(scale, q.dtype)
-    dkt_BxHxDhxT = jax.lax.optimization_barrier(
-        jnp.einsum("bhdt,bhts->bhds", jnp.swapaxes(qs, -1, -2), ds_BxHxTxT)
-    )
-    return dq, jnp.swapaxes(dkt_BxHxDhxT, -1, -2), jnp.swapaxes(dvt_BxHxDhxT, -1, -2)
+    ds_BxHxTxT = _scores_grad(p_BxHxTxT, dy_BxHxTxDh, v, q.dtype)
+    dq = _scaled(jnp.einsum("bhts,bhsd->bhtd", ds_BxHxTxT, k))
+    dkt_BxHxDhxT = _keys_grad_t(_scaled(q), ds_BxHxTxT)
+    dvt_BxHxDhxT = _keys_grad_t(dy_BxHxTxDh, p_BxHxTxT)
+    return dq, _swap(dkt_BxHxDhxT), _swap(dvt_BxHxDhxT)
 
 
 causal_attention.defvjp(_attn_fwd, _attn_bwd)
-
-
-def _swap(x: Array) -> Array:
-    """Swap the last two axes (a (T, Dh) block to (Dh, T))."""
-    return jnp.swapaxes(x, -1, -2)
-
-
-def _softmax_rows(s: Array, visible: Array) -> Array:
-    """Row softmax of scores in float32, entries not `visible` masked by the additive bias."""
-    return jax.nn.softmax(s.astype(jnp.float32) + _mask_bias(visible), axis=-1)
 
 
 @jax.custom_vjp
@@ -221,14 +233,12 @@ def block_causal_attention(q: Array, k: Array, v: Array) -> Array:
 
 
 def _blk_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
-    t, dh = q.shape[-2:]
-    h = t // 2
-    qs = q * jnp.asarray(1.0 / math.sqrt(dh), q.dtype)
+    h = q.shape[-2] // 2
+    qs = _scaled(q)
     tri_hxh = jnp.tril(jnp.ones((h, h), dtype=bool))
     vis_hxT = jnp.concatenate([jnp.ones((h, h), dtype=bool), tri_hxh], axis=1)
-    pa = _softmax_rows(jnp.einsum("bhtd,bhds->bhts", qs[..., :h, :], _swap(k[..., :h, :])), tri_hxh)
-    pb = _softmax_rows(jnp.einsum("bhtd,bhds->bhts", qs[..., h:, :], _swap(k)), vis_hxT)
-    pa, pb = pa.astype(v.dtype), pb.astype(v.dtype)
+    pa = _probs(qs[..., :h, :], k[..., :h, :], tri_hxh).astype(v.dtype)
+    pb = _probs(qs[..., h:, :], k, vis_hxT).astype(v.dtype)
     ya = jnp.einsum("bhts,bhsd->bhtd", pa, v[..., :h, :])
     yb = jnp.einsum("bhts,bhsd->bhtd", pb, v)
     # The scaled q is what the backward needs; saving it (not q) lets XLA fuse the scaling
@@ -238,18 +248,12 @@ def _blk_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple]:
 
 def _blk_bwd(res: tuple, dy: Array) -> tuple[Array, Array, Array]:
     qs, k, v, pa, pb = res
-    t, dh = qs.shape[-2:]
+    t = qs.shape[-2]
     h = t // 2
-    scale = jnp.asarray(1.0 / math.sqrt(dh), qs.dtype)
     dya, dyb = dy[..., :h, :], dy[..., h:, :]
-
-    def ds(p: Array, dy_: Array, v_: Array) -> Array:
-        dp = jnp.einsum("bhtd,bhds->bhts", dy_, _swap(v_)).astype(jnp.float32)
-        p32 = p.astype(jnp.float32)
-        return (p32 * (dp - jnp.sum(dp * p32, -1, keepdims=True))).astype(qs.dtype)
-
-    dsa, dsb = ds(pa, dya, v[..., :h, :]), ds(pb, dyb, v)
-    dq = (
+    dsa = _scores_grad(pa, dya, v[..., :h, :], qs.dtype)
+    dsb = _scores_grad(pb, dyb, v, qs.dtype)
+    dq = _scaled(
         jnp.concatenate(
             [
                 jnp.einsum("bhts,bhsd->bhtd", dsa, k[..., :h, :]),
@@ -257,21 +261,24 @@ def _blk_bwd(res: tuple, dy: Array) -> tuple[Array, Array, Array]:
             ],
             axis=-2,
         )
-        * scale
     )
-    # Weight-style gradients in the (Dh, keys) layout, kept there by a barrier (see
-    # `_attn_bwd`); block A only reaches the first h keys.
-    dvt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dyb), pb))
-    dvt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(dya), pa))
-    dkt_b = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., h:, :]), dsb))
-    dkt_a = jax.lax.optimization_barrier(jnp.einsum("bhdt,bhts->bhds", _swap(qs[..., :h, :]), dsa))
+    # Block A only reaches the first h keys: its key-side gradients are padded to T.
     pad = [(0, 0)] * (qs.ndim - 1) + [(0, t - h)]
-    dv = _swap(dvt_b + jnp.pad(dvt_a, pad))
-    dk = _swap(dkt_b + jnp.pad(dkt_a, pad))
-    return dq, dk, dv
+    dvt = _keys_grad_t(dyb, pb) + jnp.pad(_keys_grad_t(dya, pa), pad)
+    dkt = _keys_grad_t(qs[..., h:, :], dsb) + jnp.pad(_keys_grad_t(qs[..., :h, :], dsa), pad)
+    return dq, _swap(dkt), _swap(dvt)
 
 
 block_causal_attention.defvjp(_blk_fwd, _blk_bwd)
+
+
+def _qkv_heads(x_BTxD: Array, b: int, h: int, dense: dict) -> tuple[Array, Array, Array]:
+    """q, k, v as (B, H, T, Dh) from one fused `qkv` projection of (B*T, D) activations (call
+    from a module's compact method; the Dense is that module's `qkv`)."""
+    bt, d = x_BTxD.shape
+    qkv_BTx3D = nn.Dense(3 * d, kernel_init=dense_init(), name="qkv", **dense)(x_BTxD)
+    qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, bt // b, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+    return qkv_3xBxHxTxDh[0], qkv_3xBxHxTxDh[1], qkv_3xBxHxTxDh[2]
 
 
 class CausalSelfAttention(nn.Module):
@@ -294,9 +301,7 @@ class CausalSelfAttention(nn.Module):
         t, h = self.seq_len, self.n_head
         b, dh = bt // t, d // h
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-        qkv_BTx3D = nn.Dense(3 * d, kernel_init=dense_init(), name="qkv", **dense)(x_BTxD)
-        qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, t, 3, h, dh).transpose(2, 0, 3, 1, 4)
-        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = qkv_3xBxHxTxDh[0], qkv_3xBxHxTxDh[1], qkv_3xBxHxTxDh[2]
+        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = _qkv_heads(x_BTxD, b, h, dense)
         if self.rotary:
             cos_TxF, sin_TxF = rotary_tables(t, dh)
             q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
@@ -358,10 +363,9 @@ def cached_attention(
     s = k_BxHxSxDh.shape[-2]
     kt_BxHxDhxS = jnp.swapaxes(k_BxHxSxDh, -1, -2)
     s_BxHxTxS = jnp.einsum("bhtd,bhds->bhts", q_BxHxTxDh, kt_BxHxDhxS).astype(jnp.float32)
-    s_BxHxTxS = s_BxHxTxS * (1.0 / math.sqrt(dh))
     visible_TxS = jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None]
-    s_BxHxTxS = s_BxHxTxS + _mask_bias(visible_TxS)
-    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(v_BxHxSxDh.dtype)
+    p_BxHxTxS = _softmax_rows(s_BxHxTxS * (1.0 / math.sqrt(dh)), visible_TxS)
+    p_BxHxTxS = p_BxHxTxS.astype(v_BxHxSxDh.dtype)
     return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxS, v_BxHxSxDh)
 
 
@@ -387,9 +391,7 @@ class CachedSelfAttention(nn.Module):
         b, h, s, dh = cache["k"].shape
         t = bt // b
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-        qkv_BTx3D = nn.Dense(3 * d, kernel_init=dense_init(), name="qkv", **dense)(x_BTxD)
-        qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, t, 3, h, dh).transpose(2, 0, 3, 1, 4)
-        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = qkv_3xBxHxTxDh[0], qkv_3xBxHxTxDh[1], qkv_3xBxHxTxDh[2]
+        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = _qkv_heads(x_BTxD, b, h, dense)
         if self.rotary:
             cos_SxF, sin_SxF = rotary_tables(s, dh)
             cos_TxF = jax.lax.dynamic_slice_in_dim(cos_SxF, pos, t)
