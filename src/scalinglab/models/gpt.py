@@ -79,6 +79,35 @@ class Block(nn.Module):
         )(h, deterministic=deterministic)
 
 
+def _token_embed(cfg: ModelConfig, dtype: jnp.dtype) -> nn.Embed:
+    """The `token_embed` table (call from a compact method; GPT and CachedGPT share names)."""
+    return nn.Embed(
+        cfg.vocab_size,
+        cfg.d_model,
+        embedding_init=dense_init(),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name="token_embed",
+    )
+
+
+def _lm_head(
+    cfg: ModelConfig, dtype: jnp.dtype, token_embed: nn.Embed, x_BTxD: jax.Array
+) -> jax.Array:
+    """Final LayerNorm and unembedding (tied to `token_embed`, or an untied `lm_head`)."""
+    x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
+    if cfg.tie_embeddings:
+        return token_embed.attend(x_BTxD)
+    return nn.Dense(
+        cfg.vocab_size,
+        use_bias=False,
+        kernel_init=dense_init(),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name="lm_head",
+    )(x_BTxD)
+
+
 class GPT(nn.Module):
     """Decoder-only LM: int32 tokens (B, T) -> float32 logits (B, T, vocab_size).
 
@@ -93,14 +122,7 @@ class GPT(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         b, t = tokens_BxT.shape
-        token_embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.d_model,
-            embedding_init=dense_init(),
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            name="token_embed",
-        )
+        token_embed = _token_embed(cfg, dtype)
         x_BTxD = token_embed(tokens_BxT.reshape(b * t))
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
@@ -112,18 +134,7 @@ class GPT(nn.Module):
         x_BTxD = nn.Dropout(cfg.dropout)(x_BTxD, deterministic=deterministic)
         for i in range(cfg.n_layer):
             x_BTxD = Block(cfg, seq_len=t, name=f"block_{i}")(x_BTxD, deterministic=deterministic)
-        x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
-        if cfg.tie_embeddings:
-            logits_BTxV = token_embed.attend(x_BTxD)
-        else:
-            logits_BTxV = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                kernel_init=dense_init(),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                name="lm_head",
-            )(x_BTxD)
+        logits_BTxV = _lm_head(cfg, dtype, token_embed, x_BTxD)
         return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
 
 
@@ -179,14 +190,7 @@ class CachedGPT(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         b, t = tokens_BxT.shape
-        token_embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.d_model,
-            embedding_init=dense_init(),
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            name="token_embed",
-        )
+        token_embed = _token_embed(cfg, dtype)
         x_BTxD = token_embed(tokens_BxT.reshape(b * t))
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
@@ -198,16 +202,5 @@ class CachedGPT(nn.Module):
         for i in range(cfg.n_layer):
             x_BTxD, layer_cache = CachedBlock(cfg, name=f"block_{i}")(x_BTxD, cache[i], pos)
             new_cache.append(layer_cache)
-        x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
-        if cfg.tie_embeddings:
-            logits_BTxV = token_embed.attend(x_BTxD)
-        else:
-            logits_BTxV = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                kernel_init=dense_init(),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                name="lm_head",
-            )(x_BTxD)
+        logits_BTxV = _lm_head(cfg, dtype, token_embed, x_BTxD)
         return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size), new_cache
