@@ -22,6 +22,7 @@ import traceback
 import warnings
 from typing import Any
 
+from scalinglab.hostmem import worker_env
 from scalinglab.sweep.config import (
     LocalExecutorConfig,
     RayExecutorConfig,
@@ -312,7 +313,10 @@ class RayExecutor(Executor):
             ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
             self._started = True
         threads = max(1, int(cfg.num_cpus))
+        # A Ray worker runs threads before it imports scalinglab: the allocator settings of
+        # scalinglab.hostmem reach it through GLIBC_TUNABLES, read at process start.
         env = {"XLA_FLAGS": xla_flags(threads)} if xla_flags(threads) else {}
+        env.update(worker_env())
         self._remote = ray.remote(
             num_cpus=cfg.num_cpus,
             num_gpus=cfg.num_gpus,
