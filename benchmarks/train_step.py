@@ -7,7 +7,9 @@ Reports training tokens/s for both, their ratio, MFU (model FLOPs per step from
 `scalinglab.flops.model_flops_per_step`, the "full" count incl. attention and the unembedding,
 divided by step time and by the f32 matmul FLOP/s measured in this process) and the first-step
 compile time. JAX and PyTorch run interleaved, round by round, and medians are reported, because
-the CPU is shared and timings drift (see benchmarks/README.md, section "train_step").
+the CPU is shared and timings drift (see benchmarks/README.md, section "train_step"). PyTorch
+runs in a child process driven from here, with glibc's default allocator settings
+(`TorchProcess`): the settings `import scalinglab` makes for XLA would slow it down.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -196,6 +199,63 @@ def make_torch_runner(cfg: ModelConfig, batch_size: int, seq_len: int) -> Any:
     return TorchRunner()
 
 
+class TorchProcess:
+    """The PyTorch runner in a child process with glibc's default allocator settings.
+
+    `import scalinglab` tunes glibc malloc for XLA (`scalinglab.hostmem`); in the same process
+    that costs PyTorch about 20% at d_model 128 (97.6 vs 81.1 ms per step). PyTorch is
+    measured as a PyTorch user runs it, in its own process with the system's settings, driven
+    round by round from here so that the two frameworks still alternate on the same machine.
+    """
+
+    def __init__(self, d_model: int, n_layer: int, n_head: int, seq_len: int, batch_size: int):
+        env = {**os.environ, "SCALINGLAB_HOST_MEMORY": "system"}
+        spec = json.dumps([d_model, n_layer, n_head, seq_len, batch_size])
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker", spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.n_params = int(self._ask("params"))
+
+    def _ask(self, command: str) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"PyTorch worker exited (code {self.proc.wait()})")
+        return float(line)
+
+    def compile_and_first_step(self) -> float:
+        return self._ask("first")
+
+    def run(self, steps: int) -> float:
+        return self._ask(f"run {steps}")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def torch_worker(spec: str) -> None:
+    """The child side of `TorchProcess`: answer one line per command on stdin."""
+    d_model, n_layer, n_head, seq_len, batch_size = json.loads(spec)
+    runner = make_torch_runner(model_config(d_model, n_layer, n_head, seq_len), batch_size, seq_len)
+    for line in sys.stdin:
+        command, *arg = line.split()
+        if command == "params":
+            answer = float(runner.n_params)
+        elif command == "first":
+            answer = runner.compile_and_first_step()
+        else:
+            answer = runner.run(int(arg[0]))
+        print(answer, flush=True)
+
+
 def torch_available() -> bool:
     """Whether PyTorch (the `bench` extra) can be imported."""
     try:
@@ -227,7 +287,7 @@ def bench_size(
     compile_s = jr.compile_and_first_step()
     tr = None
     if with_torch:
-        tr = make_torch_runner(cfg, batch_size, seq_len)
+        tr = TorchProcess(d_model, n_layer, n_head, seq_len, batch_size)
         if tr.n_params != jr.n_params:
             raise AssertionError(f"parameter counts differ: torch {tr.n_params}, jax {jr.n_params}")
         tr.compile_and_first_step()
@@ -243,6 +303,8 @@ def bench_size(
         mfus.append(flops_step * steps / jax_s / peak)
         if tr is not None:
             torch_tps.append(steps * tokens_per_step / tr.run(steps))
+    if tr is not None:
+        tr.close()
     tps = statistics.median(jax_tps)
     out: dict[str, Any] = {
         "d_model": d_model,
@@ -337,4 +399,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--torch-worker"]:
+        torch_worker(sys.argv[2])
+    else:
+        main(sys.argv[1:])
