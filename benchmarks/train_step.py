@@ -9,7 +9,7 @@ divided by step time and by the f32 matmul FLOP/s measured in this process) and 
 compile time. JAX and PyTorch run interleaved, round by round, and medians are reported, because
 the CPU is shared and timings drift (see benchmarks/README.md, section "train_step"). PyTorch
 runs in a child process driven from here, with glibc's default allocator settings
-(`TorchProcess`): the settings `import scalinglab` makes for XLA would slow it down.
+(`TorchProcess`): the settings `scalinglab.hostmem` makes for XLA would slow it down.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import optax
 
 from scalinglab.config import ModelConfig
 from scalinglab.flops import model_flops_per_step
+from scalinglab.hostmem import configure_host_memory, estimated_step_temp_bytes
 from scalinglab.models import build_model, count_params
 
 VOCAB = 256
@@ -202,8 +203,8 @@ def make_torch_runner(cfg: ModelConfig, batch_size: int, seq_len: int) -> Any:
 class TorchProcess:
     """The PyTorch runner in a child process with glibc's default allocator settings.
 
-    `import scalinglab` tunes glibc malloc for XLA (`scalinglab.hostmem`); in the same process
-    that costs PyTorch about 20% at d_model 128 (97.6 vs 81.1 ms per step). PyTorch is
+    The trainer tunes glibc malloc for XLA's large step buffers (`scalinglab.hostmem`); in the
+    same process that cost PyTorch about 20% at d_model 128 (97.6 vs 81.1 ms per step). It is
     measured as a PyTorch user runs it, in its own process with the system's settings, driven
     round by round from here so that the two frameworks still alternate on the same machine.
     """
@@ -377,6 +378,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; returns one result dict per d_model."""
     args = parse_args(argv)
     with_torch = not args.no_torch and torch_available()
+    # What run_trial does before JAX starts (scalinglab.hostmem), for the largest size here.
+    configure_host_memory(
+        max(
+            estimated_step_temp_bytes(
+                model_config(d, args.n_layer, args.n_head, args.seq_len),
+                args.batch_size,
+                args.seq_len,
+            )
+            for d in args.d_model
+        )
+    )
     results = [
         bench_size(
             d,

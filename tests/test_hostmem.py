@@ -1,22 +1,34 @@
-"""scalinglab keeps XLA's per-call host buffers in warm memory (`scalinglab.hostmem`)."""
+"""The trainer keeps XLA's large per-call host buffers in warm memory (`scalinglab.hostmem`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from scalinglab.hostmem import ENV, retain_host_memory, worker_env
+from scalinglab.config import ModelConfig, T5Config
+from scalinglab.hostmem import (
+    ENV,
+    RETAIN_ABOVE_BYTES,
+    configure_host_memory,
+    estimated_step_temp_bytes,
+    worker_env,
+)
 
 # A jitted function whose two dot operands (sin x, cos x) are 32 MB temporaries: glibc's
 # defaults serve blocks that large with mmap and unmap them on free, so every call faults them
-# in again; under `retain` a call reuses the previous call's pages once the heap has grown.
+# in again; retained, a call reuses the previous call's pages once the heap has grown.
 _PROBE = """
 import json, resource
-import scalinglab  # configures the allocator, as every entry point does, before JAX starts
+from scalinglab.hostmem import configure_host_memory
+done = configure_host_memory(temp_bytes=64 * 2**20)  # before JAX starts, as run_trial does
 import jax, jax.numpy as jnp
 
 f = jax.jit(lambda x: jnp.sin(x).T @ jnp.cos(x))
@@ -28,8 +40,17 @@ for _ in range(6):
     for _ in range(4):
         f(x).block_until_ready()
     faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 4)
-print(json.dumps({"temp_pages": temp / 4096, "faults_per_call": faults}))
+late = configure_host_memory(temp_bytes=64 * 2**20)
+print(json.dumps({"done": done, "late": late, "temp_pages": temp / 4096, "faults": faults}))
 """
+
+
+def _load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step_hostmem", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _probe(setting: str) -> dict:
@@ -42,26 +63,49 @@ def _probe(setting: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_retain_stops_per_call_page_faults() -> None:
-    retained, system = _probe("retain"), _probe("system")
+    retained, system = _probe("auto"), _probe("system")
+    assert (retained["done"], system["done"]) == ("retain", "system")
+    assert retained["late"] == system["late"] == "unchanged"  # JAX was running by then
     assert retained["temp_pages"] >= 8192  # the probe really has a large temporary buffer
     # System defaults: each call faults (most of) the temporaries in again.
-    assert min(system["faults_per_call"][2:]) > 0.5 * system["temp_pages"]
+    assert min(system["faults"][2:]) > 0.5 * system["temp_pages"]
     # Retained: after the heap has grown, calls fault (almost) nothing.
-    assert min(retained["faults_per_call"][2:]) < 0.05 * retained["temp_pages"]
+    assert min(retained["faults"][2:]) < 0.05 * retained["temp_pages"]
 
 
-def test_system_setting_leaves_the_allocator_alone() -> None:
-    assert retain_host_memory({ENV: "system"}) is False
+@pytest.mark.parametrize(("d_model", "n_layer", "seq_len"), [(128, 4, 128), (64, 2, 64)])
+def test_estimate_matches_xla_for_gpt_train_steps(d_model: int, n_layer: int, seq_len: int):
+    bench = _load_benchmark()
+    cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=4, max_seq_len=seq_len)
+    step, init = bench.make_jax_step(cfg)
+    params, opt_state = init(jax.random.key(0))
+    batch = jnp.zeros((16, seq_len + 1), jnp.int32)
+    xla = step.lower(params, opt_state, batch).compile().memory_analysis().temp_size_in_bytes
+    assert estimated_step_temp_bytes(cfg, 16, seq_len) == pytest.approx(xla, rel=0.1)
+
+
+def test_estimate_counts_both_t5_stacks() -> None:
+    t5 = T5Config(n_layer=2, d_model=64, n_head=2, max_seq_len=64)
+    deeper = T5Config(n_layer=2, n_decoder_layer=4, d_model=64, n_head=2, max_seq_len=64)
+    assert estimated_step_temp_bytes(t5, 8, 64) < estimated_step_temp_bytes(deeper, 8, 64)
+
+
+def test_auto_leaves_small_steps_and_a_running_jax_alone() -> None:
+    assert configure_host_memory(RETAIN_ABOVE_BYTES - 1, {ENV: "auto"}) in ("system", "unchanged")
+    assert configure_host_memory(RETAIN_ABOVE_BYTES, {ENV: "system"}) in ("system", "unchanged")
+    jnp.ones(2).block_until_ready()  # JAX runs in this process now
+    assert configure_host_memory(RETAIN_ABOVE_BYTES, {ENV: "retain"}) == "unchanged"
 
 
 def test_bad_setting_names_the_variable_and_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"SCALINGLAB_HOST_MEMORY='fast'.*retain, system"):
-        retain_host_memory({ENV: "fast"})
+    with pytest.raises(ValueError, match=r"SCALINGLAB_HOST_MEMORY='fast'.*auto, retain, system"):
+        configure_host_memory(0, {ENV: "fast"})
 
 
-def test_worker_env_carries_the_settings_to_processes_started_elsewhere() -> None:
-    env = worker_env({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+def test_worker_env_carries_the_choice_to_processes_started_elsewhere() -> None:
+    env = worker_env(RETAIN_ABOVE_BYTES, {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
     tunables = env["GLIBC_TUNABLES"].split(":")
     assert tunables[0] == "glibc.malloc.tcache_count=0"  # the user's own tunables are kept
     assert {"glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0"} <= set(tunables)
-    assert worker_env({ENV: "system"}) == {ENV: "system"}
+    assert worker_env(RETAIN_ABOVE_BYTES - 1, {}) == {ENV: "auto"}
+    assert worker_env(RETAIN_ABOVE_BYTES, {ENV: "system"}) == {ENV: "system"}

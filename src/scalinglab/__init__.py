@@ -2,18 +2,13 @@
 
 The public Python interface (DESIGN.md): `load_runs`, `load_curves`, `fit_chinchilla`,
 `fit_power_law`, `Fit` and `plots`. Names are imported on first use, so `import scalinglab`
-stays cheap and the CLI starts fast. Importing the package keeps XLA's per-step host buffers
-in warm memory (`scalinglab.hostmem`; ``SCALINGLAB_HOST_MEMORY=system`` opts out).
+stays cheap and the CLI starts fast.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from scalinglab.hostmem import retain_host_memory
-
-retain_host_memory()
 
 __version__ = "0.1.0"
 

@@ -1,39 +1,42 @@
-"""Keep XLA:CPU's per-step buffers in warm memory instead of re-faulting them every step.
+"""Keep XLA:CPU's per-step buffers in warm memory when a step's buffers are large.
 
 XLA:CPU allocates an executable's temporary buffer on every call and frees it afterwards
-(about 100 MB for the d_model 128 benchmark step). With glibc's defaults a block that large
-is served by ``mmap`` (or by a worker thread's arena, which caps at 64 MB and falls back to
-``mmap``), so each step unmaps it and the next one faults about 27,000 fresh, kernel-zeroed
-pages back in: a sixth to a third of the step on 2 cores (benchmarks/README.md, "Train step").
-`retain_host_memory` makes every thread allocate from the main heap, never through ``mmap``,
-and never trims that heap, so a step reuses the pages the previous one touched. The cost is
-that the process keeps its peak heap size until it exits.
+(about 100 MB for the d_model 128 benchmark step). glibc serves a block above 32 MB with
+``mmap`` (and a worker thread's arena, capped at 64 MB, falls back to ``mmap`` too), so each
+step unmaps it and the next one faults every page back in, zero-filled by the kernel: 27,000
+faults and a quarter of the d_model 128 step on 2 cores (benchmarks/README.md, item 14).
+``retain`` makes every thread allocate from the main heap, never through ``mmap``, and never
+trims that heap, so a step reuses the pages the previous one touched. It has costs: the
+process keeps its peak heap, and threads contend for the one heap, which made compilation
+about 20% slower and the quickstart's tiny models (buffers under 32 MB, which glibc already
+reuses) slower too. So the default, ``auto``, retains only when the first trial of a process
+has large buffers (`estimated_step_temp_bytes`).
 
-`scalinglab/__init__.py` calls it on import, before JAX starts its threads (glibc fixes the
-arena limit when a second thread first allocates). A process that runs threads before it
-imports scalinglab (a Ray worker) gets the same settings from `worker_env` at its start.
-``SCALINGLAB_HOST_MEMORY=system`` keeps the allocator's defaults. Anything other than Linux
-with glibc is left alone.
+glibc fixes a thread's arena when the thread first allocates, so this only works before JAX
+starts its threads: `configure_host_memory` is a no-op once a JAX backend exists. The trainer
+calls it at the start of `run_trial`; a sweep worker's first trial is its longest one.
+``SCALINGLAB_HOST_MEMORY`` = ``auto`` (default), ``retain`` or ``system`` (glibc's defaults).
+Anything other than Linux with glibc is left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 ENV = "SCALINGLAB_HOST_MEMORY"
-CHOICES = ("retain", "system")
+CHOICES = ("auto", "retain", "system")
+# glibc's largest dynamic mmap threshold: freed blocks below it are kept and reused anyway.
+RETAIN_ABOVE_BYTES = 32 * 2**20
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _NEVER_TRIM = 2**31 - 1
-
-
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
 _TUNABLES = (
     "glibc.malloc.arena_max=1",
@@ -43,12 +46,12 @@ _TUNABLES = (
 
 
 def host_memory_setting(environ: Mapping[str, str] | None = None) -> str:
-    """``retain`` or ``system`` from ``SCALINGLAB_HOST_MEMORY`` (default ``retain``).
+    """``auto``, ``retain`` or ``system`` from ``SCALINGLAB_HOST_MEMORY`` (default ``auto``).
 
     Raises ValueError naming the variable and the allowed values for anything else.
     """
     env = os.environ if environ is None else environ
-    choice = env.get(ENV, "retain").strip().lower() or "retain"
+    choice = env.get(ENV, "auto").strip().lower() or "auto"
     if choice not in CHOICES:
         raise ValueError(
             f"environment variable {ENV}={env[ENV]!r}: allowed values are {', '.join(CHOICES)}"
@@ -56,33 +59,69 @@ def host_memory_setting(environ: Mapping[str, str] | None = None) -> str:
     return choice
 
 
-def worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment variables that give a process started elsewhere the same allocator settings.
+def estimated_step_temp_bytes(model: Any, batch_size: int, seq_len: int) -> int:
+    """Rough size of a transformer train step's temporary buffer (activations kept for the
+    backward, float32): per token and layer 16 d_model floats plus 2 n_head seq_len for the
+    attention probabilities, plus 2 vocab floats per token for the logits. Within 5% of XLA's
+    figure for the benchmark GPT (101.7 MB at d_model 128; tested). Image families: 0 (their
+    inputs here are small images)."""
+    if not hasattr(model, "d_model"):
+        return 0
+    layers = model.n_layer
+    if getattr(model, "family", None) == "t5":
+        layers += model.n_decoder_layer or model.n_layer
+    per_token = layers * (16 * model.d_model + 2 * model.n_head * seq_len) + 2 * model.vocab_size
+    return 4 * batch_size * seq_len * per_token
 
-    glibc reads ``GLIBC_TUNABLES`` at process start, before any thread exists, which is the
-    only reliable moment for a worker whose runtime starts threads before our code runs.
+
+def trial_temp_bytes(cfg: Any) -> int:
+    """`estimated_step_temp_bytes` of a TrialConfig's train step."""
+    return estimated_step_temp_bytes(cfg.model, cfg.train.batch_size, cfg.data.seq_len)
+
+
+def jax_started() -> bool:
+    """Whether a JAX backend (and so its thread pools) exists in this process."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(bridge is not None and getattr(bridge, "_backends", None))
+
+
+def configure_host_memory(temp_bytes: int, environ: Mapping[str, str] | None = None) -> str:
+    """Apply the setting for a process whose steps need about `temp_bytes` of temporaries.
+
+    Returns what was done: ``retain``, ``system`` (nothing changed) or ``unchanged`` (a JAX
+    backend already runs, so an earlier choice stands). Raises ValueError for a bad
+    ``SCALINGLAB_HOST_MEMORY``.
     """
-    env = os.environ if environ is None else environ
-    if host_memory_setting(env) == "system":
-        return {ENV: "system"}
-    tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), *_TUNABLES) if t)
-    return {"GLIBC_TUNABLES": tunables}
+    setting = host_memory_setting(environ)
+    if jax_started():
+        return "unchanged"
+    if setting == "system" or (setting == "auto" and temp_bytes < RETAIN_ABOVE_BYTES):
+        return "system"
+    return "retain" if _mallopt_retain() else "system"
 
 
-def retain_host_memory(environ: Mapping[str, str] | None = None) -> bool:
-    """Configure glibc malloc as described above; returns whether it was applied.
-
-    Raises ValueError naming the variable when ``SCALINGLAB_HOST_MEMORY`` is neither
-    ``retain`` (the default) nor ``system``.
-    """
-    if host_memory_setting(environ) == "system" or not sys.platform.startswith("linux"):
-        return False
-    if platform.libc_ver()[0] != "glibc":
+def _mallopt_retain() -> bool:
+    if not sys.platform.startswith("linux"):
         return False
     try:
+        libc_version = os.confstr("CS_GNU_LIBC_VERSION") or ""
         mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    except (AttributeError, ValueError, OSError):
+        return False
+    if not libc_version.startswith("glibc"):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+
+
+def worker_env(temp_bytes: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a worker process whose runtime starts threads before our code runs
+    (a Ray worker): the same choice as `configure_host_memory`, as ``GLIBC_TUNABLES``, which
+    glibc reads at process start."""
+    env = os.environ if environ is None else environ
+    setting = host_memory_setting(env)
+    if setting == "system" or (setting == "auto" and temp_bytes < RETAIN_ABOVE_BYTES):
+        return {ENV: setting}
+    tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), *_TUNABLES) if t)
+    return {ENV: setting, "GLIBC_TUNABLES": tunables}

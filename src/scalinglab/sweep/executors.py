@@ -22,7 +22,8 @@ import traceback
 import warnings
 from typing import Any
 
-from scalinglab.hostmem import worker_env
+from scalinglab.config import TrialConfig
+from scalinglab.hostmem import trial_temp_bytes, worker_env
 from scalinglab.sweep.config import (
     LocalExecutorConfig,
     RayExecutorConfig,
@@ -313,10 +314,8 @@ class RayExecutor(Executor):
             ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
             self._started = True
         threads = max(1, int(cfg.num_cpus))
-        # A Ray worker runs threads before it imports scalinglab: the allocator settings of
-        # scalinglab.hostmem reach it through GLIBC_TUNABLES, read at process start.
         env = {"XLA_FLAGS": xla_flags(threads)} if xla_flags(threads) else {}
-        env.update(worker_env())
+        self._env = env
         self._remote = ray.remote(
             num_cpus=cfg.num_cpus,
             num_gpus=cfg.num_gpus,
@@ -328,7 +327,12 @@ class RayExecutor(Executor):
 
     def submit(self, specs: list[Spec]) -> None:
         for spec in specs:
-            self._refs[self._remote.remote({**spec, "threads": self._threads})] = spec
+            # A Ray worker runs threads before it imports scalinglab: the allocator choice of
+            # scalinglab.hostmem reaches it through GLIBC_TUNABLES, read at process start.
+            temp = trial_temp_bytes(TrialConfig.model_validate(spec["config"]))
+            env = {**self._env, **worker_env(temp)}
+            remote = self._remote.options(runtime_env={"env_vars": env})
+            self._refs[remote.remote({**spec, "threads": self._threads})] = spec
 
     def pending(self) -> int:
         return len(self._refs)

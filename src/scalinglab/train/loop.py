@@ -28,6 +28,7 @@ from scalinglab import flops as flops_mod
 from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, dump_trial
 from scalinglab.data import build_dataset
+from scalinglab.hostmem import configure_host_memory, trial_temp_bytes
 from scalinglab.models import build_model, count_params
 from scalinglab.optim import build_update_rule, lr_at, schedule_params
 from scalinglab.train import checkpoint as ckpt
@@ -211,6 +212,8 @@ def run_trial(
     TrialError/DataError before any compile; any failure is recorded in status.json.
     """
     run_dir = Path(run_dir)
+    # Before anything starts JAX in this process (scalinglab.hostmem explains why).
+    configure_host_memory(trial_temp_bytes(cfg))
     _prepare_dir(cfg, run_dir)
     done = rf.read_json(run_dir / rf.SUMMARY)
     if done is not None:
