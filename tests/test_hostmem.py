@@ -109,3 +109,45 @@ def test_worker_env_carries_the_choice_to_processes_started_elsewhere() -> None:
     assert {"glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0"} <= set(tunables)
     assert worker_env(RETAIN_ABOVE_BYTES - 1, {}) == {ENV: "auto"}
     assert worker_env(RETAIN_ABOVE_BYTES, {ENV: "system"}) == {ENV: "system"}
+
+
+def test_local_sweep_workers_start_with_the_choice_for_the_largest_trial(tmp_path: Path):
+    from scalinglab.sweep.config import LocalExecutorConfig
+    from scalinglab.sweep.executors import LocalExecutor, _environ
+
+    big = {
+        "model": {"n_layer": 4, "d_model": 128, "n_head": 4},
+        "data": {"source": "text", "path": str(tmp_path / "missing.txt"), "seq_len": 128},
+        "train": {"batch_size": 16, "budget": {"steps": 1}},
+    }
+    spec = {"trial_id": "big", "config": big, "run_dir": str(tmp_path / "run")}
+    ex = LocalExecutor(LocalExecutorConfig(workers=1))
+    try:
+        ex.submit([spec])
+        (outcome,) = _poll_all(ex)
+    finally:
+        ex.close()
+    assert "arena_max=1" in ex._env["GLIBC_TUNABLES"]
+    assert outcome["status"] == "failed" and "missing.txt" in outcome["error"]  # ran, failed fast
+    before = dict(os.environ)
+    with _environ({"SCALINGLAB_TEST_ONLY": "1"}):
+        assert os.environ["SCALINGLAB_TEST_ONLY"] == "1"
+    assert dict(os.environ) == before
+
+
+def _poll_all(ex) -> list:
+    out = []
+    while ex.pending():
+        out += ex.poll(timeout=5.0)
+    return out
+
+
+def test_entry_points_start_no_pandas_thread_before_the_choice() -> None:
+    # pandas imports pyarrow, which starts a thread with a glibc arena of its own; the CLI and
+    # sweep workers must not import it before run_trial has chosen the allocator settings.
+    code = (
+        "import sys, scalinglab.cli, scalinglab.sweep.executors, scalinglab.train; "
+        "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -92,10 +92,14 @@ def train(
 ) -> None:
     """Train one trial; re-running on the same --out resumes from the latest checkpoint."""
     from scalinglab.config import load_trial
+    from scalinglab.hostmem import configure_host_memory, trial_temp_bytes
     from scalinglab.train import TrialInterrupted, run_trial
 
     try:
         cfg = load_trial(config, set_ or [])
+        # Before the progress bar starts its thread: glibc would give that thread an arena
+        # of its own, which later XLA threads could share (scalinglab.hostmem).
+        configure_host_memory(trial_temp_bytes(cfg))
     except USER_ERRORS as e:
         _fail(e)
     bar = _TrainProgress()

@@ -1,7 +1,9 @@
 """The ``fit`` and ``plot`` commands; ``scalinglab.cli`` registers them.
 
 They parse arguments, call ``analysis.study`` and print or write; a bad input
-ends in one ``error:`` line on stderr, exit status 2, and no file written.
+ends in one ``error:`` line on stderr, exit status 2, and no file written. ``analysis.study``
+(pandas) is imported inside the commands, so that ``scalinglab train`` starts no pandas
+thread before it chooses its allocator settings (``scalinglab.hostmem``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from scalinglab.analysis.fit import DataError
-from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
 
 SOURCE_HELP = "CSV/Parquet table (columns N, D, loss, optional C) or a sweep run directory"
 COLUMNS_HELP = "map other column names, e.g. N=params,D=tokens,loss=val_loss"
@@ -44,6 +43,9 @@ def fit_cmd(
     ] = None,
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
+    from scalinglab.analysis.fit import DataError
+    from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
+
     try:
         study = run_study(
             source,
@@ -78,7 +80,9 @@ def plot_cmd(
     ] = None,
 ) -> None:
     """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
+    from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.plots import plot_all
+    from scalinglab.analysis.study import run_study
 
     try:
         study = run_study(source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts)

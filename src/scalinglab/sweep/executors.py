@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from scalinglab.config import TrialConfig
@@ -174,6 +175,25 @@ def _init_local_worker() -> None:
             pass
 
 
+def _spec_temp_bytes(spec: Spec) -> int:
+    return trial_temp_bytes(TrialConfig.model_validate(spec["config"]))
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside the block."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Executor:
     """Submit trial specs, poll finished outcomes; subclasses decide where trials run."""
 
@@ -209,6 +229,7 @@ class LocalExecutor(Executor):
         self._futures: dict[cf.Future, Spec] = {}
         self._crashes: dict[str, int] = {}
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._env: dict[str, str] = {}
         self._outcomes: list[Outcome] = []
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -221,9 +242,15 @@ class LocalExecutor(Executor):
     def submit(self, specs: list[Spec]) -> None:
         if self._pool is None:
             self._pool = self._new_pool()
-        for spec in specs:
-            spec = {**spec, "submitted": time.time()}
-            self._futures[self._pool.submit(execute_trial, spec)] = spec
+            # A spawned worker imports pandas/pyarrow (a thread with its own glibc arena)
+            # before its first trial runs, too early for run_trial's allocator choice: the
+            # choice for the largest trial goes in as GLIBC_TUNABLES (scalinglab.hostmem).
+            self._env = worker_env(max(map(_spec_temp_bytes, specs), default=0))
+        # The pool spawns its processes on submit; they inherit this environment.
+        with _environ(self._env):
+            for spec in specs:
+                spec = {**spec, "submitted": time.time()}
+                self._futures[self._pool.submit(execute_trial, spec)] = spec
 
     def pending(self) -> int:
         return len(self._futures) + len(self._outcomes)
@@ -329,8 +356,7 @@ class RayExecutor(Executor):
         for spec in specs:
             # A Ray worker runs threads before it imports scalinglab: the allocator choice of
             # scalinglab.hostmem reaches it through GLIBC_TUNABLES, read at process start.
-            temp = trial_temp_bytes(TrialConfig.model_validate(spec["config"]))
-            env = {**self._env, **worker_env(temp)}
+            env = {**self._env, **worker_env(_spec_temp_bytes(spec))}
             remote = self._remote.options(runtime_env={"env_vars": env})
             self._refs[remote.remote({**spec, "threads": self._threads})] = spec
 
