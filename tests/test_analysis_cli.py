@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from scalinglab.analysis.cli import fit_cmd, plot_cmd
+from scalinglab.analysis_cli import fit_cmd, plot_cmd
 
 app = typer.Typer()
 app.command("fit")(fit_cmd)

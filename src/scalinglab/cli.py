@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from scalinglab.analysis.cli import fit_cmd, plot_cmd
+from scalinglab.analysis_cli import fit_cmd, plot_cmd
 from scalinglab.models.cli import generate_cmd
 from scalinglab.sweep.cli import sweep_app
 

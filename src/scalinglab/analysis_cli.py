@@ -1,9 +1,10 @@
 """The ``fit`` and ``plot`` commands; ``scalinglab.cli`` registers them.
 
 They parse arguments, call ``analysis.study`` and print or write; a bad input
-ends in one ``error:`` line on stderr, exit status 2, and no file written. ``analysis.study``
-(pandas) is imported inside the commands, so that ``scalinglab train`` starts no pandas
-thread before it chooses its allocator settings (``scalinglab.hostmem``).
+ends in one ``error:`` line on stderr, exit status 2, and no file written. The module lives
+outside ``scalinglab.analysis`` and imports it inside the commands: the analysis package
+imports pandas, whose pyarrow starts a thread, and ``scalinglab train`` must choose its
+allocator settings before any thread allocates (``scalinglab.hostmem``).
 """
 
 from __future__ import annotations
