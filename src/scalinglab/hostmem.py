@@ -13,8 +13,12 @@ reuses) slower too. So the default, ``auto``, retains only when the first trial 
 has large buffers (`estimated_step_temp_bytes`).
 
 glibc fixes a thread's arena when the thread first allocates, so this only works before JAX
-starts its threads: `configure_host_memory` is a no-op once a JAX backend exists. The trainer
-calls it at the start of `run_trial`; a sweep worker's first trial is its longest one.
+starts its threads (`configure_host_memory` is a no-op once a JAX backend exists) and before
+any other thread allocates: an early thread keeps an arena that XLA's threads may then share.
+The trainer calls it at the start of `run_trial` (`scalinglab train` before its progress
+bar); the CLI, the trainer and the sweep executors import no pandas before that, since
+pyarrow starts a thread. Sweep workers get the choice for their largest trial at process
+start, as ``GLIBC_TUNABLES`` (`worker_env`).
 ``SCALINGLAB_HOST_MEMORY`` = ``auto`` (default), ``retain`` or ``system`` (glibc's defaults).
 Anything other than Linux with glibc is left alone.
 """
