@@ -78,6 +78,11 @@ def estimated_step_temp_bytes(model: Any, batch_size: int, seq_len: int) -> int:
     return 4 * batch_size * seq_len * per_token
 
 
+def _wants_retain(setting: str, temp_bytes: int) -> bool:
+    """``retain``, or ``auto`` for a step with at least `RETAIN_ABOVE_BYTES` of temporaries."""
+    return setting == "retain" or (setting == "auto" and temp_bytes >= RETAIN_ABOVE_BYTES)
+
+
 def trial_temp_bytes(cfg: Any) -> int:
     """`estimated_step_temp_bytes` of a TrialConfig's train step."""
     return estimated_step_temp_bytes(cfg.model, cfg.train.batch_size, cfg.data.seq_len)
@@ -99,9 +104,7 @@ def configure_host_memory(temp_bytes: int, environ: Mapping[str, str] | None = N
     setting = host_memory_setting(environ)
     if jax_started():
         return "unchanged"
-    if setting == "system" or (setting == "auto" and temp_bytes < RETAIN_ABOVE_BYTES):
-        return "system"
-    return "retain" if _mallopt_retain() else "system"
+    return "retain" if _wants_retain(setting, temp_bytes) and _mallopt_retain() else "system"
 
 
 def _mallopt_retain() -> bool:
@@ -125,7 +128,7 @@ def worker_env(temp_bytes: int, environ: Mapping[str, str] | None = None) -> dic
     glibc reads at process start."""
     env = os.environ if environ is None else environ
     setting = host_memory_setting(env)
-    if setting == "system" or (setting == "auto" and temp_bytes < RETAIN_ABOVE_BYTES):
+    if not _wants_retain(setting, temp_bytes):
         return {ENV: setting}
     tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), *_TUNABLES) if t)
     return {ENV: setting, "GLIBC_TUNABLES": tunables}
