@@ -341,13 +341,10 @@ class RayExecutor(Executor):
             ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False)
             self._started = True
         threads = max(1, int(cfg.num_cpus))
-        env = {"XLA_FLAGS": xla_flags(threads)} if xla_flags(threads) else {}
-        self._env = env
+        # Each task's runtime environment (set in `submit`): these plus the allocator choice.
+        self._env = {"XLA_FLAGS": xla_flags(threads)} if xla_flags(threads) else {}
         self._remote = ray.remote(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            max_retries=cfg.max_retries,
-            runtime_env={"env_vars": env} if env else None,
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries
         )(execute_trial)
         self._threads = threads
         self._refs: dict[Any, Spec] = {}
