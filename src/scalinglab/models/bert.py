@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from scalinglab.config import BertConfig
 from scalinglab.models.attention import FeedForward, MultiHeadAttention
 from scalinglab.models.gpt import PositionEmbed
-from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init
+from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, untied_head
 
 EXTRA_TOKENS = 1  # [MASK]
 
@@ -131,12 +131,5 @@ class Bert(nn.Module):
             table_VxD = token_embed.embedding[: cfg.vocab_size].astype(dtype)
             logits_BTxV = x_BTxD @ table_VxD.T
         else:
-            logits_BTxV = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                kernel_init=dense_init(),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                name="lm_head",
-            )(x_BTxD)
+            logits_BTxV = untied_head(cfg.vocab_size, dtype)(x_BTxD)
         return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)

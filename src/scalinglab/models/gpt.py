@@ -29,6 +29,7 @@ from scalinglab.models.layers import (
     LayerNorm,
     Mlp,
     dense_init,
+    untied_head,
 )
 
 # One layer's KV cache: {"k": (B, H, S, Dh), "v": (B, H, S, Dh)}; a model's: one per layer.
@@ -98,14 +99,7 @@ def _lm_head(
     x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
     if cfg.tie_embeddings:
         return token_embed.attend(x_BTxD)
-    return nn.Dense(
-        cfg.vocab_size,
-        use_bias=False,
-        kernel_init=dense_init(),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name="lm_head",
-    )(x_BTxD)
+    return untied_head(cfg.vocab_size, dtype)(x_BTxD)
 
 
 class GPT(nn.Module):

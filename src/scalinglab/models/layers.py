@@ -80,6 +80,18 @@ def dense_init(std: float = INIT_STD) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=std)
 
 
+def untied_head(vocab_size: int, dtype: jnp.dtype) -> nn.Dense:
+    """The untied unembedding `lm_head` (no bias, float32 kernel) of the GPT and BERT."""
+    return nn.Dense(
+        vocab_size,
+        use_bias=False,
+        kernel_init=dense_init(),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name="lm_head",
+    )
+
+
 def _ln_stats(x: Array, eps: float) -> tuple[Array, Array]:
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
