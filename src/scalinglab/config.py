@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from scalinglab.errors import ConfigError  # noqa: F401  (re-exported)
+
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
 
@@ -408,10 +410,6 @@ class TrialConfig(_Strict):
                 f"model.stages: {stages} stages halve model.image_size "
                 f"({self.model.image_size}) {stages - 1} times, below one pixel"
             )
-
-
-class ConfigError(ValueError):
-    """A config that failed validation; the message names file, line, field and allowed values."""
 
 
 def _line_index(text: str) -> dict[tuple[str, ...], int]:

@@ -13,15 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from scalinglab.errors import RunDirError  # noqa: F401  (re-exported)
+
 CONFIG = "config.yaml"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
-
-
-class RunDirError(OSError):
-    """A run directory that cannot be written (missing permission, full disk)."""
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,12 +15,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from scalinglab.errors import DataError  # noqa: F401  (re-exported)
+
 # Epoch orders kept per Dataset; two cover a batch that straddles an epoch boundary.
 _EPOCH_CACHE_SIZE = 4
-
-
-class DataError(ValueError):
-    """Bad data config or input; a one-line message that names the field, e.g. `data.path: ...`."""
 
 
 class Corpus(NamedTuple):

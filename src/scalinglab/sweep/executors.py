@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from scalinglab.config import TrialConfig
+from scalinglab.errors import ExecutorUnavailable  # noqa: F401  (re-exported)
 from scalinglab.hostmem import trial_temp_bytes, worker_env
 from scalinglab.sweep.config import (
     LocalExecutorConfig,
@@ -41,10 +42,6 @@ _CACHE_EVENTS = {
 }
 _counts: dict[str, int] = dict.fromkeys(_CACHE_EVENTS.values(), 0)
 _configured: dict[str, Any] = {}
-
-
-class ExecutorUnavailable(RuntimeError):
-    """An executor whose optional dependency is missing; the message names the extra."""
 
 
 def xla_flags(threads: int | None) -> str:

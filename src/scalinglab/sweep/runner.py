@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab import runfiles as rf
+from scalinglab.errors import SweepError  # noqa: F401  (re-exported)
 from scalinglab.flops import flops_per_token
 from scalinglab.sweep import store
 from scalinglab.sweep.config import LocalExecutorConfig, SweepConfig
@@ -29,10 +30,6 @@ from scalinglab.sweep.expand import Trial
 
 FINISHED = ("done", "diverged", "stopped_early")
 LOCK_RETRY_S = 2.0  # wait between attempts on a trial another runner is training
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot run at all (unwritable directory, full disk); one clear line."""
 
 
 class SweepInterrupted(Exception):

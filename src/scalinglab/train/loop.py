@@ -28,6 +28,7 @@ from scalinglab import flops as flops_mod
 from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, dump_trial
 from scalinglab.data import build_dataset
+from scalinglab.errors import TrialError  # noqa: F401  (re-exported)
 from scalinglab.hostmem import configure_host_memory, trial_temp_bytes
 from scalinglab.models import build_model, count_params
 from scalinglab.optim import build_update_rule, lr_at, schedule_params
@@ -41,10 +42,6 @@ from scalinglab.train.tasks import build_task
 WALL_CLOCK_FIELDS = ("wall_s", "tokens_per_s")
 
 ProgressFn = Callable[[dict[str, Any]], None]
-
-
-class TrialError(ValueError):
-    """A trial that cannot run as configured; the message names the field."""
 
 
 class TrialInterrupted(Exception):
