@@ -1,4 +1,4 @@
-"""The top-level Python interface DESIGN.md promises resolves to real functions."""
+"""The top-level Python interface README.md documents resolves to real functions."""
 
 from __future__ import annotations
 
