@@ -1,8 +1,8 @@
 """scalinglab: neural scaling-law experiments in JAX.
 
 The public Python interface (README.md, "Fit scaling laws"): `load_runs`, `load_curves`,
-`fit_chinchilla`, `fit_power_law`, `Fit` and `plots`. Names are imported on first use, so `import scalinglab`
-stays cheap and the CLI starts fast.
+`fit_chinchilla`, `fit_power_law`, `Fit` and `plots`. Names are imported on first use, so
+`import scalinglab` stays cheap and the CLI starts fast.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Training data: a registry of sources, each giving a deterministic, resumable Dataset.
 
 `build_dataset(cfg)` maps `cfg.source` to a builder; an unknown name lists the allowed ones.
-Every text builder returns the whole token stream, which is split into train and a fixed validation tail the same way for
-all; image builders (`IMAGE_BUILDERS`) return an `ImageDataset` with the same batch interface.
+Every text builder returns the whole token stream, which is split into train and a fixed
+validation tail the same way for all; image builders (`IMAGE_BUILDERS`) return an
+`ImageDataset` with the same batch interface.
 """
 
 from __future__ import annotations
