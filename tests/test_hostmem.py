@@ -16,6 +16,7 @@ import pytest
 from scalinglab.config import ModelConfig, T5Config
 from scalinglab.hostmem import (
     ENV,
+    EXEC_MARK,
     RETAIN_ABOVE_BYTES,
     configure_host_memory,
     estimated_step_temp_bytes,
@@ -142,12 +143,71 @@ def _poll_all(ex) -> list:
     return out
 
 
-def test_entry_points_start_no_pandas_thread_before_the_choice() -> None:
-    # pandas imports pyarrow, which starts a thread with a glibc arena of its own; the CLI and
-    # sweep workers must not import it before run_trial has chosen the allocator settings.
-    code = (
-        "import sys, scalinglab.cli, scalinglab.sweep.executors, scalinglab.train; "
-        "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"
+_RESTART = """
+import json, os, sys
+import pandas  # starts pyarrow's thread before the choice: harmless once restarted
+from scalinglab.hostmem import restart_with_choice
+print("start", os.getpid(), flush=True)
+done = restart_with_choice(int(sys.argv[1]))
+print(json.dumps({"done": done, "pid": os.getpid(),
+                  "tunables": os.environ.get("GLIBC_TUNABLES", "")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "temp_bytes", "restarts"),
+    [
+        ("auto", RETAIN_ABOVE_BYTES, True),
+        ("auto", RETAIN_ABOVE_BYTES - 1, False),
+        ("system", RETAIN_ABOVE_BYTES, False),
+        ("retain", 0, True),
+    ],
+)
+def test_entry_point_restarts_the_process_with_the_tunables(
+    setting: str, temp_bytes: int, restarts: bool
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", EXEC_MARK)}
+    out = subprocess.run(
+        [sys.executable, "-c", _RESTART, str(temp_bytes)],
+        env={**env, ENV: setting},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    starts = [line.split()[1] for line in out if line.startswith("start")]
+    result = json.loads(out[-1])
+    assert len(starts) == (2 if restarts else 1)
+    assert set(starts) == {str(result["pid"])}  # exec keeps the pid: signals still reach it
+    assert ("glibc.malloc.arena_max=1" in result["tunables"]) == restarts
+    assert result["done"] == ("retain" if restarts else setting)
+
+
+def test_train_command_applies_the_choice_at_process_start(tmp_path: Path) -> None:
+    # The console entry point (python -m scalinglab.cli runs the same main()) restarts once
+    # with the tunables and trains; an in-process CliRunner call never restarts.
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", EXEC_MARK)}
+    args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "model.n_layer=1",
+        "--set",
+        "model.d_model=16",
+        "--set",
+        "train.budget={steps: 3}",
+        "--set",
+        "data.source=synthetic",
+        "--set",
+        "train.eval_tokens=256",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "scalinglab.cli", *args],
+        env={**env, ENV: "retain"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("host memory: retained") == 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3

@@ -15,30 +15,49 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperGroup
 
 from scalinglab.analysis_cli import fit_cmd, plot_cmd
+from scalinglab.errors import ScalinglabError
 from scalinglab.models.cli import generate_cmd
 from scalinglab.sweep.cli import sweep_app
 
-app = typer.Typer(
-    help="Neural scaling-law experiments in JAX.", no_args_is_help=True, add_completion=False
-)
 err = Console(stderr=True)
+
+# Errors that are the user's input, printed as one line without a traceback. ScalinglabError
+# is the project's own; ValueError and OSError also cover what libraries raise on bad files.
+USER_ERRORS: tuple[type[Exception], ...] = (ScalinglabError, ValueError, OSError)
+
+
+def fail(e: Exception) -> None:
+    """Print a user error as one line and exit with code 2."""
+    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+class _Commands(TyperGroup):
+    """The command group: the one place where a user error becomes one line and exit code 2,
+    for every command and sub-command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            fail(e)
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="Neural scaling-law experiments in JAX.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 app.add_typer(sweep_app, name="sweep")
 
 
 @app.callback()
-def main() -> None:
+def _root() -> None:
     """Train trials and sweeps, fit scaling laws, plot and report them."""
-
-
-# Errors that are the user's input, printed as one line without a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError)
-
-
-def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 class _TrainProgress:
@@ -79,6 +98,7 @@ class _TrainProgress:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Annotated[
         Path | None, typer.Argument(help="Trial YAML; omitted: the shipped default config.")
     ] = None,
@@ -92,16 +112,15 @@ def train(
 ) -> None:
     """Train one trial; re-running on the same --out resumes from the latest checkpoint."""
     from scalinglab.config import load_trial
-    from scalinglab.hostmem import configure_host_memory, trial_temp_bytes
+    from scalinglab.hostmem import restart_with_choice, trial_temp_bytes
     from scalinglab.train import TrialInterrupted, run_trial
 
-    try:
-        cfg = load_trial(config, set_ or [])
-        # Before the progress bar starts its thread: glibc would give that thread an arena
-        # of its own, which later XLA threads could share (scalinglab.hostmem).
-        configure_host_memory(trial_temp_bytes(cfg))
-    except USER_ERRORS as e:
-        _fail(e)
+    cfg = load_trial(config, set_ or [])
+    # At the process entry point a trial with large step buffers restarts this process with
+    # glibc's retain settings (scalinglab.hostmem), before anything trains.
+    entry = (ctx.obj or {}).get("process_entry")
+    if entry and restart_with_choice(trial_temp_bytes(cfg)) == "retain":
+        err.print("host memory: retained (one glibc heap; SCALINGLAB_HOST_MEMORY=system)")
     bar = _TrainProgress()
     try:
         with bar.bar:
@@ -109,8 +128,6 @@ def train(
     except TrialInterrupted as e:
         err.print(f"[yellow]{e}[/]; re-run the same command to resume")
         raise typer.Exit(130) from None
-    except USER_ERRORS as e:
-        _fail(e)
     loss = summary.get("final_eval_loss")
     err.print(
         f"[bold]{summary['status']}[/]: {summary['steps']} steps, D={summary['D']:.3g} tokens, "
@@ -126,5 +143,11 @@ app.command("plot")(plot_cmd)
 app.command("generate")(generate_cmd)
 
 
+def main() -> None:
+    """The `scalinglab` console script: the process entry point (it may apply the host-memory
+    choice by restarting the process; in-process callers of `app` never restart)."""
+    app(obj={"process_entry": True})
+
+
 if __name__ == "__main__":
-    app()
+    main()

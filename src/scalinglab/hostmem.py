@@ -132,3 +132,42 @@ def worker_env(temp_bytes: int, environ: Mapping[str, str] | None = None) -> dic
         return {ENV: setting}
     tunables = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), *_TUNABLES) if t)
     return {ENV: setting, "GLIBC_TUNABLES": tunables}
+
+
+EXEC_MARK = "SCALINGLAB_HOST_MEMORY_EXEC"  # set in a process this module re-executed
+
+
+def tunables_applied(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process started with the retain settings in ``GLIBC_TUNABLES``."""
+    env = os.environ if environ is None else environ
+    have = set(env.get("GLIBC_TUNABLES", "").split(":"))
+    return all(t in have for t in _TUNABLES)
+
+
+def restart_with_choice(temp_bytes: int, environ: Mapping[str, str] | None = None) -> str:
+    """Apply the choice at process start: the command-line entry point calls this once it
+    knows the trial, before any training.
+
+    When the setting asks to retain and this process did not start with the glibc tunables,
+    the process re-executes itself (same pid, same arguments) with them in its environment,
+    so every thread, whatever started it and whenever, shares the one retained heap; nothing
+    then depends on what was imported first. Returns ``retain`` (tunables in force) or the
+    setting otherwise; it does not return when it re-executes. Only Linux with glibc.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if tunables_applied(env):
+        return "retain"
+    choice = worker_env(temp_bytes, env)
+    if "GLIBC_TUNABLES" not in choice or env.get(EXEC_MARK) or not _is_glibc():
+        return choice[ENV]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]
+    os.execve(sys.executable, argv, {**env, **choice, EXEC_MARK: "1"})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_glibc() -> bool:
+    return sys.platform.startswith("linux") and (
+        os.confstr("CS_GNU_LIBC_VERSION") or ""
+    ).startswith("glibc")
