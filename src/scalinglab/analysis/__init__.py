@@ -14,6 +14,7 @@ from scalinglab.analysis.fit import (
     fit_power_law,
 )
 from scalinglab.analysis.optimal import Approach, approach1, approach2, approach3, compute_optimal
+from scalinglab.analysis.options import FitOptions
 from scalinglab.analysis.tables import load_source
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Backtest",
     "DataError",
     "Fit",
+    "FitOptions",
     "approach1",
     "approach2",
     "approach3",

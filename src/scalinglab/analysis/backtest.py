@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scalinglab.analysis.fit import DataError, Fit, fit_law
+from scalinglab.analysis.fit import Fit, fit_law
 from scalinglab.analysis.laws import get_law
+from scalinglab.errors import FitInputError
 
 
 @dataclass
@@ -68,7 +69,7 @@ def backtest(
     thr = default_threshold(C) if threshold is None else float(threshold)
     train, test = df[thr > C], df[thr <= C]
     if test.empty:
-        raise DataError(f"no runs at or above the back-test threshold C={thr:.3g}")
+        raise FitInputError(f"no runs at or above the back-test threshold C={thr:.3g}")
     spec = get_law(law)
     cols = ["N", "D"] if len(spec.inputs) == 2 else ["C"]
     fit = fit_law(spec, train[cols].to_numpy(float), train["loss"].to_numpy(float), **fit_kwargs)

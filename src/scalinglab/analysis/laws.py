@@ -99,7 +99,7 @@ def _exp_names(raw: np.ndarray, names: tuple[str, ...], logged: tuple[bool, ...]
     return {n: float(np.exp(v) if lg else v) for n, v, lg in zip(names, raw, logged, strict=True)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Law:
     """A law ready for fitting: log-space form, parameter names, start grid and bounds.
 
@@ -107,7 +107,8 @@ class Law:
     is); ``param_names`` the natural ones users read. ``logged[i]`` says whether
     raw parameter i is the log of natural parameter i. ``bounds`` hold the
     physically meaningful range of each natural parameter; an optimum on or
-    past one is reported, not clipped.
+    past one is reported, not clipped. Laws compare and hash by identity, so one ``Law``
+    object is one set of compiled fit programs.
     """
 
     name: str

@@ -2,7 +2,7 @@
 
 The result always has columns ``N`` (parameters), ``D`` (tokens), ``loss``
 (nats per token) and ``C`` (FLOPs; ``6 N D`` when the source has none), every
-value finite and positive. Anything else is a ``DataError`` with a one-line
+value finite and positive. Anything else is a ``FitInputError`` with a one-line
 message naming the file and the problem, raised before anything is written.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalinglab.analysis.fit import DataError
+from scalinglab.errors import FitInputError
 
 REQUIRED = ("N", "D", "loss")
 
@@ -40,7 +40,7 @@ def parse_columns(spec: str | None) -> dict[str, str]:
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not value or key not in (*REQUIRED, "C"):
-            raise DataError(
+            raise FitInputError(
                 f"bad --columns entry {part!r}; expected NAME=COLUMN with NAME one of N, D, loss, C"
             )
         out[key] = value
@@ -54,14 +54,14 @@ def load_source(source: str | Path, columns: str | dict[str, str] | None = None)
     if path.is_dir():
         runs, curves = _load_run_dir(path)
     elif not path.exists():
-        raise DataError(f"{path}: no such file or directory")
+        raise FitInputError(f"{path}: no such file or directory")
     else:
         runs, curves = _read_table(path), None
     runs = standardise(runs, mapping, str(path))
     if curves is not None:
         try:
             curves = standardise(curves, mapping, f"{path} (learning curves)", strict=False)
-        except DataError:
+        except FitInputError:
             curves = None  # curves only refine approach 1 and the plots; runs suffice
     return Source(runs, curves, path.name, runs.attrs["compute_from"])
 
@@ -74,13 +74,13 @@ def _read_table(path: Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - any reader failure becomes one line
-        raise DataError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
-    raise DataError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
+        raise FitInputError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
+    raise FitInputError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
 
 
 def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if importlib.util.find_spec("scalinglab.sweep.store") is None:
-        raise DataError(f"{path}: run-directory sources need the sweep runner")
+        raise FitInputError(f"{path}: run-directory sources need the sweep runner")
     store = importlib.import_module("scalinglab.sweep.store")
     runs = store.load_runs(path)
     if "status" in runs:
@@ -108,12 +108,12 @@ def standardise(
         if col is None:
             col = next((c for c in alias.get(key, (key,)) if c in df.columns), None)
         elif col not in df.columns:
-            raise DataError(f"{where}: --columns maps {key} to {col!r}, which is not a column")
+            raise FitInputError(f"{where}: --columns maps {key} to {col!r}, which is not a column")
         if col is None:
             if key == "C":
                 continue
             have = ", ".join(map(str, df.columns)) or "none"
-            raise DataError(
+            raise FitInputError(
                 f"{where}: missing column {key!r} (have: {have}); map one with --columns {key}=..."
             )
         df[key] = pd.to_numeric(df[col], errors="coerce")
@@ -126,12 +126,12 @@ def standardise(
         j = int(np.flatnonzero(bad.any(axis=0))[0])
         rows = np.flatnonzero(bad[:, j])
         shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise DataError(
+        raise FitInputError(
             f"{where}: column {cols[j]!r} has {len(rows)} non-positive or non-finite"
             f" value(s) (rows {shown})"
         )
     df = df[~bad.any(axis=1)].reset_index(drop=True)
     if df.empty:
-        raise DataError(f"{where}: no rows to analyse")
+        raise FitInputError(f"{where}: no rows to analyse")
     df.attrs["compute_from"] = compute_from
     return df
