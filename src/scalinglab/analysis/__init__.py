@@ -15,6 +15,7 @@ from scalinglab.analysis.fit import (
 )
 from scalinglab.analysis.optimal import Approach, approach1, approach2, approach3, compute_optimal
 from scalinglab.analysis.options import FitOptions
+from scalinglab.analysis.tablefit import fit_table
 from scalinglab.analysis.tables import load_source
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "fit_kaplan",
     "fit_law",
     "fit_power_law",
+    "fit_table",
     "load_source",
 ]
