@@ -5,6 +5,7 @@ Needs no training code: any table of runs with N, D and loss will do.
 """
 
 from scalinglab.analysis.backtest import Backtest, backtest
+from scalinglab.analysis.custom import custom_law
 from scalinglab.analysis.fit import (
     DataError,
     Fit,
@@ -29,6 +30,7 @@ __all__ = [
     "approach3",
     "backtest",
     "compute_optimal",
+    "custom_law",
     "fit_chinchilla",
     "fit_kaplan",
     "fit_law",
