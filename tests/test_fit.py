@@ -208,3 +208,17 @@ def test_chunked_multistart_matches_one_long_loop(monkeypatch):
     np.testing.assert_allclose(chunked["value"], np.asarray(ref.value), rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(chunked["x"], np.asarray(ref.x), rtol=1e-6, atol=1e-8)
     assert np.array_equal(chunked["n_iter"] > 0, np.asarray(ref.n_iter) > 0)
+
+
+def test_options_object_equals_keywords_and_samples_are_named():
+    df = chinchilla_table(noise=0.01, seed=3)
+    opts = F.FitOptions(starts=SMALL_GRID, bootstrap=12, seed=4, profile=False)
+    a = F.fit_chinchilla(df, options=opts)  # bootstrap=12 from the options object
+    b = F.fit_chinchilla(df, bootstrap=12, starts=SMALL_GRID, seed=4, profile=False)
+    assert list(a.samples.columns) == list(laws.CHINCHILLA.param_names)
+    np.testing.assert_allclose(a.samples.to_numpy(), b.samples.to_numpy(), rtol=1e-9)
+    np.testing.assert_array_equal(a.sample("alpha"), a.samples["alpha"].to_numpy())
+    lo, hi = np.percentile(a.samples["beta"], [2.5, 97.5])  # numpy's own percentiles
+    assert a.ci["beta"] == pytest.approx((lo, hi))
+    with pytest.raises(FitInputError, match="unknown fit option"):
+        F.fit_chinchilla(df, bootstrapp=3)

@@ -162,7 +162,7 @@ def column(df: Any, names: tuple[str, ...]) -> np.ndarray:
 
 
 def fit_chinchilla(
-    df: Any, bootstrap: int = 0, options: FitOptions | None = None, **overrides: Any
+    df: Any, bootstrap: int | None = None, options: FitOptions | None = None, **overrides: Any
 ) -> Fit:
     """Fit ``L = E + A/N^alpha + B/D^beta`` to a table with N, D and loss columns.
 
@@ -171,22 +171,22 @@ def fit_chinchilla(
     """
     X = np.stack([column(df, ("N",)), column(df, ("D",))], axis=1)
     y = column(df, ("loss", "final_eval_loss"))
-    return fit_law(CHINCHILLA, X, y, options, bootstrap=bootstrap, **overrides)
+    return fit_law(CHINCHILLA, X, y, options, **_boot(bootstrap), **overrides)
 
 
 def fit_kaplan(
-    df: Any, bootstrap: int = 0, options: FitOptions | None = None, **overrides: Any
+    df: Any, bootstrap: int | None = None, options: FitOptions | None = None, **overrides: Any
 ) -> Fit:
     """Fit Kaplan et al.'s ``L(N, D)`` to a table with N, D and loss columns."""
     X = np.stack([column(df, ("N",)), column(df, ("D",))], axis=1)
     y = column(df, ("loss", "final_eval_loss"))
-    return fit_law("kaplan", X, y, options, bootstrap=bootstrap, **overrides)
+    return fit_law("kaplan", X, y, options, **_boot(bootstrap), **overrides)
 
 
 def fit_power_law(
     x: Any,
     y: Any,
-    bootstrap: int = 0,
+    bootstrap: int | None = None,
     offset: bool = True,
     options: FitOptions | None = None,
     **overrides: Any,
@@ -194,7 +194,12 @@ def fit_power_law(
     """Fit ``L = E + A x^-alpha`` (or ``A x^-alpha`` with ``offset=False``)."""
     law = "power" if offset else "power_no_offset"
     x = np.asarray(x, dtype=np.float64)
-    return fit_law(law, x[:, None], np.asarray(y), options, bootstrap=bootstrap, **overrides)
+    return fit_law(law, x[:, None], np.asarray(y), options, **_boot(bootstrap), **overrides)
+
+
+def _boot(bootstrap: int | None) -> dict[str, int]:
+    """``bootstrap`` as an override only when given, so ``options.bootstrap`` is kept."""
+    return {} if bootstrap is None else {"bootstrap": bootstrap}
 
 
 DataError = FitInputError  # the name this module used before scalinglab.errors existed
