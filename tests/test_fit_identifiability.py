@@ -49,6 +49,7 @@ def test_unidentifiable_design_says_E_not_identified_with_advice():
     (w,) = [w for w in fit.warnings if w.startswith("E not identified")]
     assert "fix E" in w and "L(C)" in w and "add budgets" in w
     assert fit.to_dict()["identifiability"]["E"]["identified"] is False
+    assert fit.identifiability.lines()[0].startswith("E NOT identified, profile-likelihood")
 
 
 def test_profile_lr_is_zero_at_least_squares_optimum_and_grows_away():

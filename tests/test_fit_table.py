@@ -46,6 +46,7 @@ def test_kaplan_counting_fits_non_embedding_parameters():
     assert fit.counting["N"] == "N_nonembed" and fit.counting["k"] == pytest.approx(6.0)
     assert fit.params["alpha"] == pytest.approx(TRUE["alpha"], rel=1e-3)  # the law's own N
     assert not any("C/(N D)" in w for w in fit.warnings)
+    assert fit.report_lines()[0].startswith("N counted as N_nonembed (flop counting kaplan)")
     # --columns N=... still wins
     assert standardise(df, {"N": "N"}, "runs").attrs["n_column"] == "N"
 
@@ -77,6 +78,7 @@ def test_planted_off_law_run_is_named():
     fit = fit_table(df, backtest=False, **FAST)
     assert [o["run"] for o in fit.misfit["outliers"]] == ["t07"]
     assert any("t07" in w and "far off the law" in w for w in fit.warnings)
+    assert "off the law: t07" in fit.report_lines()
     clean = fit_table(isoflop(noise=0.003, seed=0), backtest=False, **FAST)
     assert clean.misfit["outliers"] == []
 

@@ -24,7 +24,7 @@ import numpy as np
 from scalinglab.analysis import lbfgs as _lbfgs
 from scalinglab.analysis.laws import Law
 from scalinglab.analysis.multistart import converged
-from scalinglab.analysis.result import Diagnostics
+from scalinglab.analysis.result import Diagnostics, Identifiability
 
 COEF_SPAN = 100.0  # a coefficient interval wider than this factor says little
 E_ZERO = 0.01  # E below this fraction of the smallest loss is indistinguishable from zero
@@ -114,13 +114,13 @@ def identifiability(
     at_bound: list[str],
     min_loss: float,
     profile: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[Identifiability, list[str]]:
     """Per-parameter verdicts ``{name: {"informative": bool|None, "why": str}}`` and warnings.
 
     ``informative`` is None when there is nothing to judge by (no bootstrap interval).
     ``profile`` is E's profile-likelihood interval (``profile_E``), when computed.
     """
-    out: dict[str, Any] = {}
+    out = Identifiability()
     for name, logged in zip(law.param_names, law.logged, strict=True):
         v = params[name]
         why: list[str] = []

@@ -95,7 +95,7 @@ def profile_E(
         "E_hat": E_hat,
         "threshold": thr,
         "grid": grid.tolist(),
-        "lr": lr.tolist(),
+        "lr": [float(v) if np.isfinite(v) else None for v in lr],
     }
     if not inside.any():  # the grid missed the optimum's neighbourhood entirely
         out.update(low=None, high=None)

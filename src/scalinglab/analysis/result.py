@@ -35,6 +35,40 @@ class Samples(pd.DataFrame):
         return super().__getitem__(key)
 
 
+class Identifiability(dict):
+    """Per-parameter verdicts ``{name: {"informative", "why", ...}}``; ``lines()`` in words."""
+
+    def lines(self, confidence: float = 0.95) -> list[str]:
+        """One plain-English line per finding: E first, then the other parameters."""
+        out = []
+        e = self.get("E")
+        if e:
+            prof = e.get("profile") or {}
+            span = ""
+            if prof.get("low") is not None:
+                span = f", profile-likelihood interval [{prof['low']:.4g}, {prof['high']:.4g}]"
+            state = "identified" if e.get("identified", True) else "NOT identified"
+            out.append(f"E {state}{span}" + (f": {e['why']}" if e.get("why") else ""))
+            fl = e.get("floor")
+            if fl:
+                ci = fl.get("E_minus_H_ci")
+                ci_txt = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+                out.append(
+                    f"known floor: entropy rate H = {fl['entropy_rate']:.4g},"
+                    f" E - H = {fl['E_minus_H']:.3g}{ci_txt}"
+                )
+        good = [n for n, v in self.items() if n != "E" and v.get("informative")]
+        bad = [n for n, v in self.items() if n != "E" and v.get("informative") is False]
+        unknown = [n for n, v in self.items() if n != "E" and v.get("informative") is None]
+        if good:
+            out.append(f"informative: {', '.join(good)}")
+        if bad:
+            out.append("not informative: " + "; ".join(f"{n} ({self[n]['why']})" for n in bad))
+        if unknown:
+            out.append(f"not judged (no bootstrap interval): {', '.join(unknown)}")
+        return out
+
+
 @dataclass
 class Diagnostics:
     """How much to trust a fit. ``warnings`` lists everything worth a look, in plain English."""
@@ -83,7 +117,7 @@ class Fit:
     confidence: float = 0.95
     spec: Law | None = field(default=None, repr=False)
     counting: dict[str, Any] = field(default_factory=lambda: {"N": "N", "k": KAPLAN_K})
-    identifiability: dict[str, Any] = field(default_factory=dict)
+    identifiability: Identifiability = field(default_factory=Identifiability)
     misfit: dict[str, Any] = field(default_factory=dict)
     backtest: dict[str, Any] | None = None
     floor: float | None = None
@@ -140,6 +174,35 @@ class Fit:
         with jax.enable_x64(True):
             out = np.exp(np.asarray(law.log_fn(jnp.asarray(self.raw), jnp.asarray(logX))))
         return out.reshape(arrs[0].shape)
+
+    def report_lines(self) -> list[str]:
+        """The checks in words, for a printed report: counting, identifiability, misfit,
+        back-test (warnings are separate: ``warnings``)."""
+        c = self.counting
+        lines = [
+            f"N counted as {c.get('N', 'N')} (flop counting {c.get('flop_counting', 'unknown')}),"
+            f" C = k N D with k = {self.k:.3g}"
+        ]
+        lines += Identifiability(self.identifiability).lines()
+        m = self.misfit
+        if m:
+            ratio = m.get("rmse_over_noise")
+            noise = (
+                f"{ratio:.1f}x the evaluation noise {m['noise_log_loss']:.3g} ({m['noise']})"
+                if ratio is not None
+                else "evaluation noise unknown"
+            )
+            lines.append(f"RMSE of log loss {m['rmse_log_loss']:.3g}: {noise}")
+            if m.get("outliers"):
+                lines.append("off the law: " + ", ".join(o["run"] for o in m["outliers"]))
+        up = (self.backtest or {}).get("one_budget_up")
+        if up:
+            lines.append(
+                f"back-test (leave one budget out): the largest budget C={up['budget_C']:.3g}"
+                f" is predicted within {up['mean_abs_rel_error']:.2%} on average"
+                f" (max {up['max_abs_rel_error']:.2%})"
+            )
+        return lines
 
     def sample(self, name: str) -> np.ndarray:
         """Bootstrap draws of parameter ``name`` (raises without bootstrap)."""
