@@ -108,3 +108,19 @@ def test_natural_forms_match_log_forms():
         laws.overtraining(C, M, 1.7, 500.0, 700.0, 0.15),
         rtol=1e-6,
     )
+
+
+def test_data_constrained_natural_form_matches_log_form_and_chinchilla_without_repeats():
+    N, D, U = jnp.array([1e8, 1e9, 1e9]), jnp.array([1e10, 1e10, 4e10]), jnp.array([1e10, 1e9, 1e9])
+    p = {"E": 1.9, "A": 400.0, "B": 600.0, "alpha": 0.34, "beta": 0.3, "R_D": 15.0}
+    theta = jnp.array(
+        [np.log(1.9), np.log(400.0), np.log(600.0), 0.34, 0.3, np.log(15.0)], dtype=jnp.float32
+    )
+    logX = jnp.log(jnp.stack([N, D, U], axis=1))
+    natural = laws.data_constrained(N, D, U, **p)
+    np.testing.assert_allclose(np.exp(laws.data_constrained_log(theta, logX)), natural, rtol=1e-5)
+    # one epoch (D = U): no discount, the Chinchilla loss
+    chin = laws.chinchilla(N[0], D[0], 1.9, 400.0, 600.0, 0.34, 0.3)
+    np.testing.assert_allclose(natural[0], chin, rtol=1e-6)
+    # 40 epochs of 1e9 tokens are worth less than 4e10 fresh ones
+    assert natural[2] > laws.chinchilla(N[2], D[2], 1.9, 400.0, 600.0, 0.34, 0.3)
