@@ -6,7 +6,7 @@ import pytest
 
 from scalinglab.analysis import laws
 from scalinglab.analysis.backtest import backtest, default_threshold
-from scalinglab.analysis.fit import DataError
+from scalinglab.errors import FitInputError
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 GRID = laws.CHINCHILLA.start_grid()[::61]
@@ -39,7 +39,7 @@ def test_noisy_extrapolation_error_is_about_the_noise():
 
 
 def test_threshold_above_every_run_is_an_error():
-    with pytest.raises(DataError, match="no runs at or above"):
+    with pytest.raises(FitInputError, match="no runs at or above"):
         backtest(isoflop_table(), threshold=1e30, starts=GRID)
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from scalinglab.analysis import fit as F
 from scalinglab.analysis import laws
+from scalinglab.analysis import multistart as multistart_mod
 from scalinglab.analysis.lbfgs import GTOL, lbfgs
+from scalinglab.errors import FitInputError
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 # A small start grid keeps the tests fast; the default 4,500-start grid is benchmarked.
@@ -165,7 +167,7 @@ def test_diagnostics_flag_grid_edge_and_non_convergence():
     ],
 )
 def test_bad_input_is_one_clear_error(df, match):
-    with pytest.raises(F.DataError, match=match) as e:
+    with pytest.raises(FitInputError, match=match) as e:
         F.fit_chinchilla(df, starts=SMALL_GRID)
     assert "\n" not in str(e.value)
 
@@ -194,7 +196,7 @@ def test_chunked_multistart_matches_one_long_loop(monkeypatch):
     logX = np.log(np.stack([df["N"], df["D"]], axis=1))
     logy = np.log(df["loss"].to_numpy())
     starts = SMALL_GRID
-    monkeypatch.setattr(F, "CHUNK_PASSES", 7)  # many compactions
+    monkeypatch.setattr(multistart_mod, "CHUNK_PASSES", 7)  # many compactions
     chunked = F.multistart(laws.CHINCHILLA, logX, logy, starts)
     with jax.enable_x64(True):
         fun = lambda x, *a: F.objective(x, *a, law=laws.CHINCHILLA)  # noqa: E731
@@ -206,3 +208,17 @@ def test_chunked_multistart_matches_one_long_loop(monkeypatch):
     np.testing.assert_allclose(chunked["value"], np.asarray(ref.value), rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(chunked["x"], np.asarray(ref.x), rtol=1e-6, atol=1e-8)
     assert np.array_equal(chunked["n_iter"] > 0, np.asarray(ref.n_iter) > 0)
+
+
+def test_options_object_equals_keywords_and_samples_are_named():
+    df = chinchilla_table(noise=0.01, seed=3)
+    opts = F.FitOptions(starts=SMALL_GRID, bootstrap=12, seed=4, profile=False)
+    a = F.fit_chinchilla(df, options=opts)  # bootstrap=12 from the options object
+    b = F.fit_chinchilla(df, bootstrap=12, starts=SMALL_GRID, seed=4, profile=False)
+    assert list(a.samples.columns) == list(laws.CHINCHILLA.param_names)
+    np.testing.assert_allclose(a.samples.to_numpy(), b.samples.to_numpy(), rtol=1e-9)
+    np.testing.assert_array_equal(a.sample("alpha"), a.samples["alpha"].to_numpy())
+    lo, hi = np.percentile(a.samples["beta"], [2.5, 97.5])  # numpy's own percentiles
+    assert a.ci["beta"] == pytest.approx((lo, hi))
+    with pytest.raises(FitInputError, match="unknown fit option"):
+        F.fit_chinchilla(df, bootstrapp=3)

@@ -5,6 +5,7 @@ Needs no training code: any table of runs with N, D and loss will do.
 """
 
 from scalinglab.analysis.backtest import Backtest, backtest
+from scalinglab.analysis.custom import custom_law
 from scalinglab.analysis.fit import (
     DataError,
     Fit,
@@ -14,6 +15,8 @@ from scalinglab.analysis.fit import (
     fit_power_law,
 )
 from scalinglab.analysis.optimal import Approach, approach1, approach2, approach3, compute_optimal
+from scalinglab.analysis.options import FitOptions
+from scalinglab.analysis.tablefit import fit_table
 from scalinglab.analysis.tables import load_source
 
 __all__ = [
@@ -21,14 +24,17 @@ __all__ = [
     "Backtest",
     "DataError",
     "Fit",
+    "FitOptions",
     "approach1",
     "approach2",
     "approach3",
     "backtest",
     "compute_optimal",
+    "custom_law",
     "fit_chinchilla",
     "fit_kaplan",
     "fit_law",
     "fit_power_law",
+    "fit_table",
     "load_source",
 ]

@@ -44,6 +44,41 @@ def kaplan(N: Array, D: Array, N_c: float, D_c: float, alpha_N: float, alpha_D: 
     return jnp.power(jnp.power(N_c / N, alpha_N / alpha_D) + D_c / D, alpha_D)
 
 
+def overtraining(C: Array, M: Array, E: float, a: float, b: float, eta: float) -> Array:
+    """``L(C, M) = E + (a M^eta + b M^-eta) C^-eta`` (Gadre et al., 2024, eq. 4).
+
+    Loss in terms of compute C and the token multiplier M = D/N (tokens per parameter).
+    It is the Chinchilla law with equal exponents alpha = beta = 2 eta rewritten with
+    C = 6 N D: ``a = A 6^eta``, ``b = B 6^eta``. "Language models scale reliably with
+    over-training and on downstream tasks", arXiv:2403.08540.
+    """
+    return E + (a * jnp.power(M, eta) + b * jnp.power(M, -eta)) * jnp.power(C, -eta)
+
+
+def data_constrained(
+    N: Array,
+    D: Array,
+    U: Array,
+    E: float,
+    A: float,
+    B: float,
+    alpha: float,
+    beta: float,
+    R_D: float,
+) -> Array:
+    """``L = E + A/N^alpha + B/D'^beta`` with repeated data discounted (Muennighoff et al., 2023).
+
+    ``D' = U + U R_D (1 - exp(-R/R_D))``, ``R = D/U - 1`` the repeated epochs of the ``U``
+    unique tokens and ``R_D`` (R*_D in the paper) how many repetitions are worth keeping
+    ("Scaling data-constrained language models", NeurIPS 2023, arXiv:2305.16264, eq. 5).
+    The paper's matching discount of excess parameters is left out (N' = N): it is exact
+    for models no larger than compute-optimal for their unique data.
+    """
+    R = jnp.maximum(D / U - 1.0, 0.0)
+    Dp = U + U * R_D * (1.0 - jnp.exp(-R / R_D))
+    return E + A * jnp.power(N, -alpha) + B * jnp.power(Dp, -beta)
+
+
 # Log-space forms used by the fitter --------------------------------------------
 # Each takes the raw parameter vector ``theta`` and ``logX`` of shape (n, k)
 # (k = 2 for N, D; k = 1 for a single variable) and returns log L of shape (n,).
@@ -81,6 +116,25 @@ def power_no_offset_log(theta: Array, logX: Array) -> Array:
     return a - alpha * logX[:, 0]
 
 
+def overtraining_log(theta: Array, logX: Array) -> Array:
+    """log L for theta = (e, log a, log b, eta), logX = (log C, log M)."""
+    e, a, b, eta = theta
+    logC, logM = logX[:, 0], logX[:, 1]
+    return jnp.log(
+        jnp.exp(a + eta * logM - eta * logC) + jnp.exp(b - eta * logM - eta * logC) + jnp.exp(e)
+    )
+
+
+def data_constrained_log(theta: Array, logX: Array) -> Array:
+    """log L for theta = (e, a, b, alpha, beta, log R_D), logX = (log N, log D, log U)."""
+    e, a, b, alpha, beta, r = theta
+    logN, logD, logU = logX[:, 0], logX[:, 1], logX[:, 2]
+    R = jnp.maximum(jnp.exp(logD - logU) - 1.0, 0.0)
+    R_D = jnp.exp(r)
+    logDp = logU + jnp.log1p(R_D * -jnp.expm1(-R / R_D))
+    return jnp.log(jnp.exp(a - alpha * logN) + jnp.exp(b - beta * logDp) + jnp.exp(e))
+
+
 def chinchilla_allocation(
     A: float, B: float, alpha: float, beta: float
 ) -> tuple[float, float, float]:
@@ -99,7 +153,7 @@ def _exp_names(raw: np.ndarray, names: tuple[str, ...], logged: tuple[bool, ...]
     return {n: float(np.exp(v) if lg else v) for n, v, lg in zip(names, raw, logged, strict=True)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Law:
     """A law ready for fitting: log-space form, parameter names, start grid and bounds.
 
@@ -107,7 +161,8 @@ class Law:
     is); ``param_names`` the natural ones users read. ``logged[i]`` says whether
     raw parameter i is the log of natural parameter i. ``bounds`` hold the
     physically meaningful range of each natural parameter; an optimum on or
-    past one is reported, not clipped.
+    past one is reported, not clipped. Laws compare and hash by identity, so one ``Law``
+    object is one set of compiled fit programs.
     """
 
     name: str
@@ -196,7 +251,39 @@ POWER_NO_OFFSET = Law(
     bounds={"alpha": (0.0, 5.0)},
 )
 
-LAWS: dict[str, Law] = {law.name: law for law in (CHINCHILLA, KAPLAN, POWER, POWER_NO_OFFSET)}
+OVERTRAINING = Law(
+    name="overtraining",
+    raw_names=("e", "a", "b", "eta"),
+    param_names=("E", "a", "b", "eta"),
+    logged=(True, True, True, False),
+    inputs=("C", "M"),
+    log_fn=overtraining_log,
+    grid={"e": _E_GRID, "a": _STEP5, "b": _STEP5, "eta": (0.05, 0.1, 0.2, 0.4, 0.8)},
+    bounds={"eta": (0.0, 5.0)},
+)
+
+DATA_CONSTRAINED = Law(
+    name="data_constrained",
+    raw_names=("e", "a", "b", "alpha", "beta", "r_d"),
+    param_names=("E", "A", "B", "alpha", "beta", "R_D"),
+    logged=(True, True, True, False, False, True),
+    inputs=("N", "D", "U"),
+    log_fn=data_constrained_log,
+    grid={
+        "e": (-1.0, 0.0, 1.0),
+        "a": _STEP5,
+        "b": _STEP5,
+        "alpha": (0.2, 0.5, 1.0),
+        "beta": (0.2, 0.5, 1.0),
+        "r_d": tuple(float(np.log(v)) for v in (5.0, 15.0, 50.0)),
+    },
+    bounds={"alpha": (0.0, 5.0), "beta": (0.0, 5.0)},
+)
+
+LAWS: dict[str, Law] = {
+    law.name: law
+    for law in (CHINCHILLA, KAPLAN, POWER, POWER_NO_OFFSET, OVERTRAINING, DATA_CONSTRAINED)
+}
 
 
 def get_law(name: str) -> Law:

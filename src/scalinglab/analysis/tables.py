@@ -2,8 +2,17 @@
 
 The result always has columns ``N`` (parameters), ``D`` (tokens), ``loss``
 (nats per token) and ``C`` (FLOPs; ``6 N D`` when the source has none), every
-value finite and positive. Anything else is a ``DataError`` with a one-line
-message naming the file and the problem, raised before anything is written.
+value finite and positive.
+
+``N`` is the parameter count that ``C`` counts: runs trained under
+``flop_counting: kaplan`` spend C = 6 N_nonembed D, so their ``N`` is ``N_nonembed``
+(the total stays in ``N_total``); under ``full`` counting, or for tables without that
+information, ``N`` is the given count. ``--columns N=...`` overrides the choice. The
+FLOPs per parameter-token ``k = C / (N D)`` follow from the table (``flops_per_param_token``).
+The choice is recorded in ``Source.n_column`` and ``Source.counting``.
+
+Anything else is a ``FitInputError`` with a one-line message naming the file and the
+problem, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalinglab.analysis.fit import DataError
+from scalinglab.errors import FitInputError
 
 REQUIRED = ("N", "D", "loss")
 
@@ -29,6 +38,8 @@ class Source:
     curves: pd.DataFrame | None
     name: str
     compute_from: str  # "column" or "6ND"
+    n_column: str = "N"  # the column N was taken from (N_nonembed under Kaplan counting)
+    counting: str = "unknown"  # flop counting of the runs: kaplan, full, mixed or unknown
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
@@ -40,7 +51,7 @@ def parse_columns(spec: str | None) -> dict[str, str]:
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not value or key not in (*REQUIRED, "C"):
-            raise DataError(
+            raise FitInputError(
                 f"bad --columns entry {part!r}; expected NAME=COLUMN with NAME one of N, D, loss, C"
             )
         out[key] = value
@@ -54,16 +65,23 @@ def load_source(source: str | Path, columns: str | dict[str, str] | None = None)
     if path.is_dir():
         runs, curves = _load_run_dir(path)
     elif not path.exists():
-        raise DataError(f"{path}: no such file or directory")
+        raise FitInputError(f"{path}: no such file or directory")
     else:
         runs, curves = _read_table(path), None
     runs = standardise(runs, mapping, str(path))
     if curves is not None:
         try:
             curves = standardise(curves, mapping, f"{path} (learning curves)", strict=False)
-        except DataError:
+        except FitInputError:
             curves = None  # curves only refine approach 1 and the plots; runs suffice
-    return Source(runs, curves, path.name, runs.attrs["compute_from"])
+    return Source(
+        runs,
+        curves,
+        path.name,
+        runs.attrs["compute_from"],
+        runs.attrs["n_column"],
+        runs.attrs["counting"],
+    )
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -74,15 +92,16 @@ def _read_table(path: Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - any reader failure becomes one line
-        raise DataError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
-    raise DataError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
+        raise FitInputError(f"{path}: cannot read table ({type(e).__name__}: {e})") from e
+    raise FitInputError(f"{path}: unknown table format {suffix!r}; use .csv or .parquet")
 
 
 def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if importlib.util.find_spec("scalinglab.sweep.store") is None:
-        raise DataError(f"{path}: run-directory sources need the sweep runner")
+        raise FitInputError(f"{path}: run-directory sources need the sweep runner")
     store = importlib.import_module("scalinglab.sweep.store")
     runs = store.load_runs(path)
+    runs = _with_data_info(path, runs)
     if "status" in runs:
         runs = runs[runs["status"] == "done"]
     curves = None
@@ -93,11 +112,68 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     return runs.reset_index(drop=True), curves
 
 
+def _with_data_info(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Add what each trial's summary.json says about its data: the entropy rate and the loss
+    floor of a synthetic language, and the unique training tokens (for epochs)."""
+    from scalinglab import runfiles as rf
+
+    keys = {
+        "entropy_rate": "entropy_rate_nats",
+        "loss_floor": "loss_floor_nats",
+        "unique_tokens": "n_train_tokens",
+    }
+    rows = []
+    for tid in runs.get("trial_id", pd.Series(dtype=str)):
+        summary = rf.read_json(path / str(tid) / rf.SUMMARY) if tid else None
+        data = (summary or {}).get("data") or {}
+        rows.append({col: data.get(key) for col, key in keys.items()})
+    extra = pd.DataFrame(rows, index=runs.index, columns=list(keys))
+    for col in keys:
+        if col not in runs:
+            runs[col] = pd.to_numeric(extra[col], errors="coerce")
+    return runs
+
+
+def counting_of(df: pd.DataFrame) -> str:
+    """The runs' flop counting (kaplan, full, mixed) from their summary or config columns."""
+    for col in ("flop_counting", "train.flop_counting"):
+        if col in df.columns:
+            kinds = {str(v) for v in df[col].dropna()}
+            if kinds:
+                return kinds.pop() if len(kinds) == 1 else "mixed"
+    return "unknown"
+
+
+def counted_n(df: pd.DataFrame, mapping: dict[str, str]) -> tuple[str, str]:
+    """(column to take N from, counting): ``N_nonembed`` when C counts only those."""
+    counting = counting_of(df)
+    if "N" in mapping:
+        return mapping["N"], counting
+    if counting == "kaplan" and "N_nonembed" in df.columns:
+        ne = pd.to_numeric(df["N_nonembed"], errors="coerce")
+        if bool((ne > 0).all()):
+            return "N_nonembed", counting
+    return "N", counting
+
+
+def flops_per_param_token(df: pd.DataFrame) -> dict[str, float]:
+    """``k = C / (N D)`` of every row: median, min and max (6 under Kaplan counting)."""
+    k = (df["C"] / (df["N"] * df["D"])).to_numpy(float)
+    k = k[np.isfinite(k)]
+    if k.size == 0:
+        return {"k": 6.0, "k_min": 6.0, "k_max": 6.0}
+    return {"k": float(np.median(k)), "k_min": float(k.min()), "k_max": float(k.max())}
+
+
 def standardise(
     df: pd.DataFrame, mapping: dict[str, str], where: str, strict: bool = True
 ) -> pd.DataFrame:
     """Rename mapped columns, fill C, and check every value; ``strict=False`` drops bad rows."""
     df = df.copy()
+    n_column, counting = counted_n(df, mapping)
+    if n_column == "N_nonembed":
+        df["N_total"] = df["N"]
+        mapping = {**mapping, "N": "N_nonembed"}
     alias = {
         "loss": ("loss", "final_eval_loss", "eval_loss"),
         "D": ("D", "tokens"),
@@ -108,12 +184,12 @@ def standardise(
         if col is None:
             col = next((c for c in alias.get(key, (key,)) if c in df.columns), None)
         elif col not in df.columns:
-            raise DataError(f"{where}: --columns maps {key} to {col!r}, which is not a column")
+            raise FitInputError(f"{where}: --columns maps {key} to {col!r}, which is not a column")
         if col is None:
             if key == "C":
                 continue
             have = ", ".join(map(str, df.columns)) or "none"
-            raise DataError(
+            raise FitInputError(
                 f"{where}: missing column {key!r} (have: {have}); map one with --columns {key}=..."
             )
         df[key] = pd.to_numeric(df[col], errors="coerce")
@@ -126,12 +202,38 @@ def standardise(
         j = int(np.flatnonzero(bad.any(axis=0))[0])
         rows = np.flatnonzero(bad[:, j])
         shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise DataError(
+        raise FitInputError(
             f"{where}: column {cols[j]!r} has {len(rows)} non-positive or non-finite"
             f" value(s) (rows {shown})"
         )
     df = df[~bad.any(axis=1)].reset_index(drop=True)
     if df.empty:
-        raise DataError(f"{where}: no rows to analyse")
-    df.attrs["compute_from"] = compute_from
+        raise FitInputError(f"{where}: no rows to analyse")
+    df.attrs.update(compute_from=compute_from, n_column=n_column, counting=counting)
     return df
+
+
+def law_columns(df: pd.DataFrame, inputs: tuple[str, ...]) -> np.ndarray:
+    """The (n, k) input matrix of a law from a runs table, one column per name in ``inputs``.
+
+    ``x`` is compute C (the one-variable laws); ``M`` is tokens per parameter D/N (the
+    over-training law); ``U`` is unique training tokens, from ``U`` or ``unique_tokens``
+    and D when the runs never repeat data (the data-constrained law). Any other name must
+    be a column (user-defined laws).
+    """
+    cols = []
+    for name in inputs:
+        if name == "x":
+            col = df["C"]
+        elif name == "M" and "M" not in df.columns:
+            col = df["D"] / df["N"]
+        elif name == "U" and "U" not in df.columns:
+            col = df["unique_tokens"] if "unique_tokens" in df.columns else df["D"]
+            col = np.minimum(pd.to_numeric(col, errors="coerce").fillna(df["D"]), df["D"])
+        elif name in df.columns:
+            col = df[name]
+        else:
+            have = ", ".join(map(str, df.columns))
+            raise FitInputError(f"the law needs a column {name!r} (have: {have})")
+        cols.append(pd.to_numeric(col, errors="coerce").to_numpy(float))
+    return np.stack(cols, axis=1)
