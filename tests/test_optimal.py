@@ -142,6 +142,16 @@ def test_unusable_resamples_are_counted_and_mark_the_result_unreliable():
     assert calm.unusable_share == 0.0 and calm.reliable
 
 
+def test_noise_from_repeated_runs_when_there_are_seeds():
+    df = pd.concat([chinchilla_sweep(noise=0.004, seed=s) for s in range(3)], ignore_index=True)
+    ap = O.approach2(df, bootstrap=50)
+    assert "replicate scale" in ap.extra["noise_from"] and "90 degrees" in ap.extra["noise_from"]
+    # Independent: the pooled within-size sd of the log-normal noise, drawn with sd 0.004.
+    sigma = float(ap.extra["noise_from"].split()[2])
+    assert sigma == pytest.approx(0.004, rel=0.2)
+    assert all(m["n_runs"] == 27 and m["n_sizes"] == 9 for m in ap.extra["minima"])
+
+
 def test_approach2_needs_two_usable_budgets():
     ap = O.approach2(parabola_sweep([1e16], n=5), bootstrap=0)
     assert not ap.ok and "fewer than two" in ap.flags[-1]

@@ -12,9 +12,10 @@ Budgets are the sweep's nominal IsoFLOP budgets when the table has them
 chain wider than ``SPAN_TOL`` is refused. A budget whose lowest loss sits at
 its smallest or largest sampled size is dropped and named: its minimum is not
 bracketed. Noise for the re-interpolations is the evaluation noise when the
-table has ``final_eval_loss_se`` (or ``loss_se``), else the residual scale of a
-quadratic in log N fitted to each budget's log loss, pooled (an upper bound
-where profiles are not quadratic). When the minima scatter about the power
+table has ``final_eval_loss_se`` (or ``loss_se``), else the spread between
+repeated runs (seeds) of one size and budget when there are any, else the
+residual scale of a quadratic in log N fitted to each budget's log loss,
+pooled (an upper bound where profiles are not quadratic). When the minima scatter about the power
 law more than that noise explains (reduced chi-square above 1), each minimum's
 variance is scaled up by the reduced chi-square, so intervals reflect the scatter.
 """
@@ -116,8 +117,16 @@ def noise_level(df: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, str]:
             se = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
             if np.all(np.isfinite(se) & (se >= 0)):
                 return se / loss, f"evaluation noise (column {col})"
-    ssr, dof, used = 0.0, 0, 0
     logN, logL = np.log(df["N"].to_numpy(float)), np.log(loss)
+    rep = _replicate_scale(logN, logL, labels)
+    if rep is not None:
+        sigma, dof = rep
+        text = (
+            f"replicate scale {sigma:.3g} of log loss between runs of one size and budget"
+            f" (seeds; {dof} degrees of freedom)"
+        )
+        return np.full(len(df), sigma), text
+    ssr, dof, used = 0.0, 0, 0
     for g in np.unique(labels[labels >= 0]):
         m = labels == g
         if m.sum() >= 4 and len(np.unique(logN[m])) >= 3:
@@ -136,6 +145,20 @@ def noise_level(df: pd.DataFrame, labels: np.ndarray) -> tuple[np.ndarray, str]:
         f" (pooled over {used} budgets, {dof} degrees of freedom)"
     )
     return np.full(len(df), sigma), text
+
+
+def _replicate_scale(
+    logN: np.ndarray, logL: np.ndarray, labels: np.ndarray
+) -> tuple[float, int] | None:
+    """Pooled sd of log loss among runs sharing a size and budget (None without repeats)."""
+    keep = labels >= 0
+    key = pd.Series(logL[keep]).groupby([labels[keep], logN[keep]])
+    count = key.count()
+    dof = int((count - 1).sum())
+    if dof == 0:
+        return None
+    ssr = float(key.apply(lambda v: np.sum((v - v.mean()) ** 2)).sum())
+    return float(np.sqrt(ssr / dof)), dof
 
 
 @dataclass
