@@ -1,7 +1,7 @@
 """One analysis of one SOURCE: the fit, the three approaches, the table and the JSON.
 
 This is what ``scalinglab fit`` and ``scalinglab plot`` call; the CLI only
-parses arguments. ``Study.to_dict`` is the JSON contract of DESIGN.md:
+parses arguments. ``Study.to_dict`` is the JSON contract documented in docs/analysis.md:
 ``{"law", "params", "ci", "approaches", "n_points", "loss", ...}``.
 """
 
