@@ -50,6 +50,16 @@ def test_fit_prints_table_and_writes_json(table, tmp_path):
     assert set(doc["params"]) == {"E", "A", "B", "alpha", "beta"}
     assert {"1", "2", "3", "agreement"} <= set(doc["approaches"])
     assert doc["approaches"]["3"]["a_ci"] is not None
+    assert "nan" not in res.output.lower().replace(",", " ").split()  # every note in words
+    ag = doc["approaches"]["agreement"]
+    assert ag["verdict"] in {"agree", "disagree", "inconclusive"}
+    assert f"agreement: {ag['verdict'].upper()}" in res.output
+    assert len(ag["pairs"]) == 6  # 3 pairs x (a, b)
+    two = doc["approaches"]["2"]
+    assert two["method"] == "akima" and len(two["minima"]) == 4
+    assert two["unusable_share"] == 0.0 and two["reliable"] is True
+    assert "unusable" in res.output and "noise from: residual scale" in res.output
+    assert isinstance(doc["fit_warnings"], list)
 
 
 def test_plot_writes_figures(table, tmp_path):
@@ -57,6 +67,29 @@ def test_plot_writes_figures(table, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "loss_vs_compute.png").exists()
     assert (tmp_path / "isoflop.svg").exists()
+
+
+def test_study_prints_whatever_the_fit_says_about_identifiability():
+    from types import SimpleNamespace
+
+    from scalinglab.analysis.fit import Fit
+    from scalinglab.analysis.study import _identifiability_lines, fit_warnings
+
+    fit = Fit.from_params("chinchilla", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    assert _identifiability_lines(fit) == [] and fit_warnings(fit) == []
+    fit.diagnostics.warnings.append("optimum on the start grid's edge for e")
+    fit.warnings = [
+        "E not identified: its interval touches 0",
+        "optimum on the start grid's edge for e",
+    ]
+    assert fit_warnings(fit) == [
+        "E not identified: its interval touches 0",
+        "optimum on the start grid's edge for e",
+    ]
+    fit.identifiability = {"E": {"identified": False, "advice": "fix E"}}
+    assert _identifiability_lines(fit) == ["identifiability: E: identified False, advice fix E"]
+    fit.identifiability = SimpleNamespace(lines=lambda: ["E: not identified (fix E, add budgets)"])
+    assert _identifiability_lines(fit) == ["E: not identified (fix E, add budgets)"]
 
 
 def bad_tables(table: Path, tmp: Path) -> dict[str, tuple[Path, str]]:

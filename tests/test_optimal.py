@@ -1,13 +1,20 @@
-"""Compute-optimal allocation: the three approaches against known answers."""
+"""Compute-optimal allocation: the three approaches and their agreement, against known answers."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from scalinglab.analysis import optimal as O
+from scalinglab.analysis.agreement import MAX_WIDTH, agreement
+from scalinglab.analysis.approach import Approach
 from scalinglab.analysis.fit import Fit
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+# Closed-form optimum of the Chinchilla law along C = 6ND: N*(C) = G (C/6)^a.
+A_TRUE = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+G_TRUE = (TRUE["alpha"] * TRUE["A"] / (TRUE["beta"] * TRUE["B"])) ** (
+    1 / (TRUE["alpha"] + TRUE["beta"])
+)
 
 
 def parabola_sweep(budgets, k=0.1, a=0.5, width=(0.3, 3.0), n=7, curvature=0.05, shift=None):
@@ -22,32 +29,136 @@ def parabola_sweep(budgets, k=0.1, a=0.5, width=(0.3, 3.0), n=7, curvature=0.05,
     return pd.DataFrame(rows)
 
 
-def test_approach2_finds_known_parabola_minima():
+def chinchilla_sweep(noise=0.002, seed=0, width=6.0, n=9, budgets=(1e18, 1e19, 1e20, 1e21, 1e22)):
+    """IsoFLOP runs from the Chinchilla law (nominal budgets), log-normal noise of sd ``noise``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        for N in G_TRUE * (C / 6) ** A_TRUE * np.geomspace(1 / width, width, n):
+            D = C / (6 * N)
+            loss = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
+            rows.append(
+                {
+                    "N": N,
+                    "D": D,
+                    "C": C,
+                    "isoflop_C": C,
+                    "loss": loss * np.exp(noise * rng.normal()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def no_nan_words(flags):
+    return all("nan" not in f.lower().split() and "nan " not in f.lower() for f in flags)
+
+
+def test_parabola_method_finds_known_parabola_minima():
     budgets = [1e16, 1e17, 1e18, 1e19]
     df = parabola_sweep(budgets)
-    minima = O.isoflop_minima(df)
+    minima = O.isoflop_minima(df, "parabola")
     assert len(minima) == 4 and minima["flag"].isna().all()
     np.testing.assert_allclose(minima["N_opt"], 0.1 * np.array(budgets) ** 0.5, rtol=1e-8)
     np.testing.assert_allclose(minima["D_opt"], np.array(budgets) / (6 * minima["N_opt"]))
-    ap = O.approach2(df, bootstrap=50)
+    ap = O.approach2(df, bootstrap=50, method="parabola")
     assert ap.a == pytest.approx(0.5, abs=1e-8) and ap.b == pytest.approx(0.5, abs=1e-8)
     assert ap.predict(1e21)["N_opt"] == pytest.approx(0.1 * 1e21**0.5, rel=1e-6)
-    assert not ap.flags
+    assert not ap.flags and ap.unusable_share == 0.0
 
 
-def test_approach2_flags_a_minimum_outside_the_sampled_sizes():
+def test_akima_minima_of_a_known_profile():
     budgets = [1e16, 1e17, 1e18, 1e19]
-    df = parabola_sweep(budgets, shift={1e19: (0.05, 0.5)})  # all sizes below N*
+    minima = O.isoflop_minima(parabola_sweep(budgets))  # Akima is the default
+    # Grid step is ln(10)/999 in log N; the spline through 7 exact points is close to the parabola.
+    np.testing.assert_allclose(minima["N_opt"], 0.1 * np.array(budgets) ** 0.5, rtol=0.01)
+
+
+def test_akima_recovers_the_chinchilla_exponent_within_its_interval():
+    df = chinchilla_sweep(noise=0.002, seed=3)
+    ap = O.approach2(df, bootstrap=200, seed=1)
+    lo, hi = ap.ci("a")
+    assert lo <= A_TRUE <= hi and hi - lo < 0.2
+    assert ap.a == pytest.approx(A_TRUE, abs=0.05)
+    # Each budget's minimum within 3 of its own standard deviations of the closed-form optimum.
+    n_star = G_TRUE * (ap.points["C"] / 6) ** A_TRUE
+    sd = np.array([m["sd_logN"] for m in ap.extra["minima"]])
+    assert np.all(np.abs(np.log(ap.points["N_opt"] / n_star)) < 3 * sd)
+    assert np.all(sd < 0.5)
+    assert "isoflop_C" in ap.extra["budgets_from"]
+    assert "residual scale" in ap.extra["noise_from"]
+    assert ap.reliable
+
+
+def test_edge_minima_are_dropped_and_named():
+    budgets = [1e16, 1e17, 1e18, 1e19]
+    df = parabola_sweep(budgets, shift={1e19: (0.05, 0.5), 1e16: (2.0, 20.0)})
+    for method, words in (("akima", "not bracketed"), ("parabola", "outside the sampled")):
+        ap = O.approach2(df, bootstrap=20, method=method)
+        assert len(ap.points) == 2  # both flagged budgets left out of the power law
+        assert any("1e+19" in f and words in f for f in ap.flags), ap.flags
+        assert any("1e+16" in f for f in ap.flags)
+        assert no_nan_words(ap.flags)
+    akima = O.approach2(df, bootstrap=20)
+    assert any("largest sampled size" in f and "1e+19" in f for f in akima.flags)
+    assert any("smallest sampled size" in f and "1e+16" in f for f in akima.flags)
+    assert akima.a == pytest.approx(0.5, abs=0.01)
+
+
+def test_wide_chains_of_compute_are_refused():
+    # Ten runs 10% apart in C chain (each gap under the 12% tolerance) but span 2.4x: refused.
+    chained = pd.DataFrame(
+        {"N": np.geomspace(1e6, 1e7, 10), "C": 1e18 * 1.1 ** np.arange(10), "loss": 3.0}
+    )
+    chained["D"] = chained["C"] / (6 * chained["N"])
+    df = pd.concat([parabola_sweep([1e20, 1e21, 1e22]), chained], ignore_index=True)
+    b = O.group_budgets(df)
+    assert len(b.C) == 3 and (b.labels == -1).sum() == 10
+    assert "2.4x" in b.refused[0] and "1.25x" in b.refused[0]
     ap = O.approach2(df, bootstrap=20)
-    assert len(ap.points) == 3  # the flagged budget is left out of the power law
-    assert any("1e+19" in f and "outside the sampled" in f for f in ap.flags)
-    assert ap.a == pytest.approx(0.5, abs=1e-8)
+    assert any("refused" in f for f in ap.flags) and len(ap.points) == 3
+    assert np.isnan(O.budgets(df)[-10:]).all()
+
+
+def test_nominal_budgets_group_runs_whatever_their_actual_compute():
+    df = chinchilla_sweep(noise=0.0)
+    jitter = np.random.default_rng(0).uniform(0.8, 1.25, len(df))
+    df["C"] = df["isoflop_C"] * jitter  # actual C scattered +-25%: chaining would merge or split
+    b = O.group_budgets(df)
+    np.testing.assert_allclose(b.C, np.logspace(18, 22, 5))
+    assert not b.refused
+
+
+def test_unusable_resamples_are_counted_and_mark_the_result_unreliable():
+    df = chinchilla_sweep(noise=0.0, width=2.0, n=5)  # flat profiles: noise moves the minimum
+    df["final_eval_loss_se"] = 0.05 * df["loss"]  # 5% evaluation noise
+    ap = O.approach2(df, bootstrap=100)
+    assert "final_eval_loss_se" in ap.extra["noise_from"]
+    assert ap.unusable_share > 0.1 and not ap.reliable
+    assert any(f.startswith("UNRELIABLE") for f in ap.flags)
+    assert any(f"{round(100 * ap.unusable_share)}%" in f for f in ap.flags)
+    quiet = chinchilla_sweep(noise=0.0, width=2.0, n=5)
+    quiet["final_eval_loss_se"] = 1e-6 * quiet["loss"]
+    calm = O.approach2(quiet, bootstrap=100)
+    assert calm.unusable_share == 0.0 and calm.reliable
+
+
+def test_noise_from_repeated_runs_when_there_are_seeds():
+    df = pd.concat([chinchilla_sweep(noise=0.004, seed=s) for s in range(3)], ignore_index=True)
+    ap = O.approach2(df, bootstrap=50)
+    assert "replicate scale" in ap.extra["noise_from"] and "90 degrees" in ap.extra["noise_from"]
+    # Independent: the pooled within-size sd of the log-normal noise, drawn with sd 0.004.
+    sigma = float(ap.extra["noise_from"].split()[2])
+    assert sigma == pytest.approx(0.004, rel=0.2)
+    assert all(m["n_runs"] == 27 and m["n_sizes"] == 9 for m in ap.extra["minima"])
 
 
 def test_approach2_needs_two_usable_budgets():
     ap = O.approach2(parabola_sweep([1e16], n=5), bootstrap=0)
     assert not ap.ok and "fewer than two" in ap.flags[-1]
-    assert not O.approach2(parabola_sweep([1e16, 1e17], n=2)).ok
+    two_sizes = O.approach2(parabola_sweep([1e16, 1e17], n=2))
+    assert not two_sizes.ok and any("only 2 model size" in f for f in two_sizes.flags)
+    with pytest.raises(ValueError, match="method"):
+        O.approach2(parabola_sweep([1e16, 1e17]), method="spline")
 
 
 def test_approach3_matches_closed_form_and_brute_force():
@@ -86,15 +197,60 @@ def test_approach1_envelope_of_learning_curves():
     assert ap.a + ap.b == pytest.approx(1.0, abs=1e-9)  # C = 6ND exactly
 
 
-def test_agreement_reports_clashing_intervals():
-    def fake(name, a, spread):
-        s = np.column_stack([np.zeros(100), a + spread * np.linspace(-1, 1, 100)] * 2)
-        s[:, 3] = 1 - s[:, 1]
-        return O.Approach(name, a, 1 - a, 0.0, 0.0, s)
+def fake(name, a, sd, n=400, seed=0):
+    """An approach whose bootstrap draws of a are normal(a, sd), and b = 1 - a."""
+    s = np.zeros((n, 4))
+    s[:, 1] = np.random.default_rng(seed).normal(a, sd, n)
+    s[:, 3] = 1 - s[:, 1]
+    return Approach(name, a, 1 - a, 0.0, 0.0, s)
 
-    assert O.agreement([fake("1", 0.45, 0.05), fake("2", 0.48, 0.05)])["agree"]
-    res = O.agreement([fake("1", 0.30, 0.02), fake("2", 0.50, 0.02)])
-    assert not res["agree"] and res["disagreements"]
+
+def test_agreement_verdicts_from_the_difference_of_exponents():
+    same = agreement([fake("1", 0.45, 0.02, seed=1), fake("2", 0.46, 0.02, seed=2)])
+    assert same["verdict"] == "agree" and same["agree"]
+    pr = same["pairs"][0]
+    # Independent: the difference of two normals has sd 0.02 * sqrt(2); 95% width ~ 0.111.
+    assert pr["width"] == pytest.approx(2 * 1.96 * 0.02 * np.sqrt(2), rel=0.15)
+    apart = agreement([fake("1", 0.30, 0.01, seed=1), fake("2", 0.50, 0.01, seed=2)])
+    assert apart["verdict"] == "disagree" and not apart["agree"]
+    assert apart["pairs"][0]["ci"][1] < 0 and apart["disagreements"]
+    noisy = agreement([fake("1", 0.45, 0.3, seed=1), fake("2", 0.47, 0.3, seed=2)])
+    assert noisy["verdict"] == "inconclusive" and noisy["pairs"][0]["width"] > MAX_WIDTH
+    assert "wide" in noisy["inconclusive"][0]
+    # Overlapping intervals are not enough: these overlap, yet their difference excludes 0.
+    close = agreement([fake("1", 0.45, 0.02, seed=1), fake("2", 0.51, 0.02, seed=2)])
+    lo1, hi1 = fake("1", 0.45, 0.02, seed=1).ci("a")
+    lo2, hi2 = fake("2", 0.51, 0.02, seed=2).ci("a")
+    assert hi1 > lo2 and close["verdict"] == "disagree"
+
+
+def test_an_unreliable_approach_makes_the_verdict_inconclusive():
+    shaky = fake("2", 0.46, 0.02, seed=2)
+    shaky.unusable_share = 0.4
+    res = agreement([fake("1", 0.45, 0.02, seed=1), shaky])
+    assert res["verdict"] == "inconclusive" and "unreliable" in res["pairs"][0]["reason"]
+    alone = agreement([fake("1", 0.45, 0.02)])
+    assert alone["verdict"] == "not compared" and not alone["agree"]
+
+
+def test_two_methods_on_the_same_law_agree():
+    df = chinchilla_sweep(noise=0.001, seed=5)
+    aps = [O.approach2(df, bootstrap=200, method=m) for m in ("akima", "parabola")]
+    aps[1].name = "2b: parabola"
+    assert agreement(aps)["verdict"] == "agree"
+
+
+def test_approach3_reads_the_fits_bootstrap_samples_by_name():
+    fit = Fit.from_params("chinchilla", **TRUE)
+    rng = np.random.default_rng(0)
+    draws = {k: v * np.exp(0.01 * rng.normal(size=50)) for k, v in TRUE.items()}
+    fit.samples = np.column_stack([draws[k] for k in fit.params])
+    ap = O.approach3(fit)
+    a = draws["beta"] / (draws["alpha"] + draws["beta"])
+    np.testing.assert_allclose(ap.column("a"), a, rtol=1e-12)
+    np.testing.assert_allclose(ap.column("b"), 1 - a, rtol=1e-12)
+    assert ap.ci("a")[0] == pytest.approx(np.percentile(a, 2.5))
+    assert ap.unusable_share == 0.0
 
 
 def test_isoflop_groups_tolerate_rounding():

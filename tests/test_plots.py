@@ -5,6 +5,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from scalinglab.analysis import plots
+from scalinglab.analysis.approach import Approach
 from scalinglab.analysis.fit import Fit
 from scalinglab.analysis.optimal import approach2, approach3, isoflop_minima
 
@@ -70,3 +71,26 @@ def test_plot_all_writes_png_and_svg(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     assert (tmp_path / "figs" / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in (tmp_path / "figs" / "isoflop.svg").read_text()
+
+
+def band_at(fig, x):
+    """(low, high) of the first band on the N_opt axis at compute ``x``."""
+    coll = fig.axes[0].collections[0]
+    v = coll.get_paths()[0].vertices
+    ys = v[np.isclose(v[:, 0], x), 1]
+    return ys.min(), ys.max()
+
+
+def test_allocation_band_honours_the_confidence():
+    rng = np.random.default_rng(0)
+    s = np.column_stack([rng.normal(0, 0.5, 500), rng.normal(0.5, 0.05, 500)] * 2)
+    ap = Approach("2: IsoFLOP", 0.5, 0.5, 0.0, 0.0, s)
+    c = (1e17, 1e21)
+    # Independent: percentiles of N_opt = exp(k + a ln C) over the draws at C = 1e21.
+    nopt = np.exp(s[:, 0] + s[:, 1] * np.log(1e21))
+    for conf, pct in ((0.5, (25, 75)), (0.95, (2.5, 97.5))):
+        lo, hi = band_at(plots.optimal_allocation({2: ap}, c, confidence=conf), 1e21)
+        np.testing.assert_allclose((lo, hi), np.percentile(nopt, pct), rtol=1e-9)
+    ap.confidence = 0.5  # without an explicit confidence, the approach's own is used
+    lo, hi = band_at(plots.optimal_allocation({2: ap}, c), 1e21)
+    np.testing.assert_allclose((lo, hi), np.percentile(nopt, (25, 75)), rtol=1e-9)

@@ -19,8 +19,9 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from scalinglab.analysis.approach import Approach
 from scalinglab.analysis.fit import Fit
-from scalinglab.analysis.optimal import Approach
+from scalinglab.analysis.intervals import interval
 
 STYLE = {
     "font.size": 10,
@@ -131,64 +132,65 @@ def loss_vs_compute(
 
 
 @_styled
-def isoflop(runs: pd.DataFrame, minima: pd.DataFrame) -> Figure:
-    """IsoFLOP profiles: loss against N per budget, with parabolas and their minima.
+def isoflop(
+    runs: pd.DataFrame, minima: pd.DataFrame | None = None, method: str = "akima"
+) -> Figure:
+    """IsoFLOP profiles: loss against N per budget, the interpolated profile and its minimum.
 
-    ``minima`` is ``optimal.isoflop_minima``; a flagged budget's parabola is
-    dashed and its minimum marked with an x.
+    ``minima`` is ``approach2.isoflop_minima`` (computed with ``method`` when
+    None); a dropped budget's profile is dashed and its lowest run marked with an x.
     """
-    from scalinglab.analysis.optimal import budgets, isoflop_groups
+    from scalinglab.analysis.approach2 import curve, group_budgets, isoflop_minima, profiles
 
+    if minima is None:
+        minima = isoflop_minima(runs, method)
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    labels = isoflop_groups(budgets(runs))
-    bs = minima["C"].to_numpy() if len(minima) else np.array([1.0])
+    b = group_budgets(runs)
+    bs = b.C if len(b.C) else np.array([1.0])
     bnorm = LogNorm(bs.min(), max(bs.max(), bs.min() * 1.01))
     cmap = mpl.colormaps["plasma"]
-    for g in np.unique(labels):
-        sub = runs[labels == g]
-        C = float(np.exp(np.mean(np.log(budgets(sub)))))
-        row = minima[np.isclose(minima["C"], C)] if len(minima) else minima
-        color = cmap(0.85 * bnorm(C))
+    for g, p in enumerate(profiles(runs, b, np.zeros(len(runs)))):
+        sub = runs[b.labels == g]
+        color = cmap(0.85 * bnorm(p.C))
         ax.scatter(sub["N"], sub["loss"], color=color, s=16, zorder=3)
-        if row.empty:
+        row = minima[np.isclose(minima["C"], p.C)] if len(minima) else minima
+        if row.empty or len(p.logN) < 3:
             continue
         r = row.iloc[0]
-        x = np.linspace(np.log(sub["N"].min()), np.log(sub["N"].max()), 100)
         flagged = isinstance(r["flag"], str)
         ax.plot(
-            np.exp(x),
-            np.polyval([r["p2"], r["p1"], r["p0"]], x),
+            *curve(p, method),
             color=color,
             ls="--" if flagged else "-",
-            label=f"C = {C:.2g}" + (" (flagged)" if flagged else ""),
+            label=f"C = {p.C:.2g}" + (" (dropped)" if flagged else ""),
         )
-        if np.isfinite(r["N_opt"]) and not flagged:
+        if flagged:
+            i = int(np.argmin(sub["loss"].to_numpy()))
+            ax.scatter(sub["N"].iloc[i], sub["loss"].iloc[i], marker="x", s=50, color="k", zorder=4)
+        else:
             ax.plot(r["N_opt"], r["loss_opt"], marker="*", ms=11, color=color, mec="k", zorder=4)
-        elif flagged:
-            ax.scatter(
-                sub["N"].iloc[np.argmin(sub["loss"])],
-                sub["loss"].min(),
-                marker="x",
-                s=50,
-                color="k",
-                zorder=4,
-            )
     ax.set(
         xscale="log",
         xlabel=LABELS["N"],
         ylabel=LABELS["loss"],
-        title="IsoFLOP profiles (star: parabola minimum)",
+        title=f"IsoFLOP profiles ({method}; star: minimum, x: not bracketed)",
     )
-    ax.legend(title="budget (FLOPs)", loc="upper right", ncols=2 if len(minima) > 6 else 1)
+    ax.legend(title="budget (FLOPs)", loc="upper right", ncols=2 if len(b.C) > 6 else 1)
     return fig
 
 
 @_styled
 def optimal_allocation(
-    approaches: dict[int, Approach] | Sequence[Approach], compute: Sequence[float]
+    approaches: dict[int, Approach] | Sequence[Approach],
+    compute: Sequence[float],
+    confidence: float | None = None,
 ) -> Figure:
-    """N_opt and D_opt against compute for each approach: points, fitted line, interval band."""
+    """N_opt and D_opt against compute for each approach: points, fitted line, interval band.
+
+    The band is the central ``confidence`` interval of the bootstrap draws
+    (default: each approach's own confidence).
+    """
     items = approaches.items() if isinstance(approaches, dict) else enumerate(approaches, 1)
     fig = Figure(figsize=(10, 4))
     axN, axD = fig.subplots(1, 2)
@@ -208,7 +210,7 @@ def optimal_allocation(
             if ap.samples is not None and len(ap.samples) >= 2:
                 s = ap.samples[:, [k, e]]
                 band = np.exp(s[:, :1] + s[:, 1:] * np.log(c)[None])
-                lo, hi = np.nanpercentile(band, [2.5, 97.5], axis=0)
+                lo, hi = interval(band, confidence or ap.confidence)
                 ax.fill_between(c, lo, hi, color=color, alpha=0.15, lw=0)
             if len(ap.points) and col in ap.points:
                 ax.scatter(ap.points["C"], ap.points[col], color=color, s=18, zorder=3)
@@ -277,15 +279,19 @@ def plot_all(
     fit: Fit | None,
     approaches: dict[int, Approach],
     curves: pd.DataFrame | None = None,
+    method2: str = "akima",
 ) -> list[Path]:
     """Every figure this module makes for one study, saved under ``out_dir``."""
-    from scalinglab.analysis.optimal import envelope, isoflop_minima
+    from scalinglab.analysis.approach2 import isoflop_minima
+    from scalinglab.analysis.optimal import envelope
 
     frontier = envelope(curves if curves is not None else runs)
     figs = {"loss_vs_compute": loss_vs_compute(runs, fit, curves=curves, frontier=frontier)}
-    minima = isoflop_minima(runs)
+    ap2 = approaches.get(2)
+    method2 = ap2.extra.get("method", method2) if ap2 is not None else method2
+    minima = isoflop_minima(runs, method2)
     if len(minima):
-        figs["isoflop"] = isoflop(runs, minima)
+        figs["isoflop"] = isoflop(runs, minima, method2)
     if any(a.ok for a in approaches.values()):
         cmax = runs["C"].max() * 100
         figs["optimal_allocation"] = optimal_allocation(approaches, (runs["C"].min(), cmax))

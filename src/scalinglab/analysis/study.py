@@ -1,7 +1,7 @@
 """One analysis of one SOURCE: the fit, the three approaches, the table and the JSON.
 
 This is what ``scalinglab fit`` and ``scalinglab plot`` call; the CLI only
-parses arguments. ``Study.to_dict`` is the JSON contract of DESIGN.md:
+parses arguments. ``Study.to_dict`` is the JSON contract documented in docs/analysis.md:
 ``{"law", "params", "ci", "approaches", "n_points", "loss", ...}``.
 """
 
@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from scalinglab.analysis.agreement import agreement
 from scalinglab.analysis.fit import DEFAULT_DELTA, Fit, fit_law
 from scalinglab.analysis.laws import get_law
-from scalinglab.analysis.optimal import Approach, agreement, compute_optimal
+from scalinglab.analysis.optimal import Approach, compute_optimal
 from scalinglab.analysis.tables import Source, load_source
 
 
@@ -39,7 +40,7 @@ class Study:
             str(k): a.to_dict(self.targets) for k, a in self.approaches.items()
         }
         approaches["agreement"] = self.agreement
-        out = {
+        out: dict[str, Any] = {
             "law": f.pop("law"),
             "params": f.pop("params"),
             "ci": f.pop("ci"),
@@ -52,6 +53,10 @@ class Study:
         }
         if self.fit.law == "chinchilla":
             out["optimal"] = [_jsonable(self.fit.optimal(c)) for c in self.targets]
+        out["fit_warnings"] = fit_warnings(self.fit)
+        ident = getattr(self.fit, "identifiability", None)
+        if ident is not None:
+            out["identifiability"] = _plain(ident)
         return {**out, **f}
 
     def format(self) -> str:
@@ -76,10 +81,12 @@ def run_study(
     delta: float = DEFAULT_DELTA,
     seed: int = 0,
     n_starts: int | None = None,
+    method2: str = "akima",
 ) -> Study:
     """Load ``source``, fit ``law`` and run the chosen compute-optimal approaches.
 
-    ``n_starts`` thins the law's start grid evenly (default: every start).
+    ``n_starts`` thins the law's start grid evenly (default: every start);
+    ``method2`` is approach 2's method (``"akima"`` or ``"parabola"``).
     """
     spec = get_law(law)
     src = load_source(source, columns)
@@ -96,7 +103,13 @@ def run_study(
     )
     chosen = tuple(a for a in approaches if a != 3 or fit.law == "chinchilla")
     aps = compute_optimal(
-        runs, fit, approaches=chosen, bootstrap=bootstrap, seed=seed, curves=src.curves
+        runs,
+        fit,
+        approaches=chosen,
+        bootstrap=bootstrap,
+        seed=seed,
+        curves=src.curves,
+        method2=method2,
     )
     if 3 in approaches and 3 not in aps:
         from scalinglab.analysis.optimal import approach3
@@ -145,6 +158,52 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+def fit_warnings(fit: Fit) -> list[str]:
+    """Every warning the fit carries: its own ``warnings`` and its diagnostics', once each."""
+    seen: list[str] = []
+    own = list(getattr(fit, "warnings", None) or [])
+    for w in [*own, *getattr(fit.diagnostics, "warnings", [])]:
+        if str(w) not in seen:
+            seen.append(str(w))
+    return seen
+
+
+def _plain(x: Any) -> Any:
+    """A JSON-ready copy of ``x`` (dataclasses, mappings, sequences, numpy scalars)."""
+    if hasattr(x, "to_dict"):
+        return _plain(x.to_dict())
+    if hasattr(x, "__dataclass_fields__"):
+        return {k: _plain(getattr(x, k)) for k in x.__dataclass_fields__}
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _identifiability_lines(fit: Fit) -> list[str]:
+    """Whatever the fit says about which parameters the data pins down, one line each."""
+    ident = getattr(fit, "identifiability", None)
+    if ident is None:
+        return []
+    if hasattr(ident, "lines"):
+        return [str(v) for v in ident.lines()]
+    ident = _plain(ident)
+    if isinstance(ident, dict):
+        return [f"identifiability: {k}: {_words(v)}" for k, v in ident.items()]
+    if isinstance(ident, list):
+        return [f"identifiability: {_words(v)}" for v in ident]
+    return [f"identifiability: {ident}"]
+
+
+def _words(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {val}" for k, val in v.items())
+    return str(v)
+
+
 def _ival(ci: tuple[float, float] | None, fmt: str = ".4g") -> str:
     return "" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
@@ -167,25 +226,24 @@ def _format(s: Study) -> list[str]:
         f"fit: {state}, RMSE of log loss {f.rmse:.4g}, objective {f.loss:.4g};"
         f" {d.n_at_best}/{d.n_starts} starts reached the best objective",
     ]
-    lines += [f"warning: {w}" for w in d.warnings]
+    lines += _identifiability_lines(f)
+    lines += [f"warning: {w}" for w in fit_warnings(f)]
     lines += ["", f"compute-optimal allocation: N_opt = k_N C^a, D_opt = k_D C^b ({pct})"]
-    lines.append(f"{'approach':<16} {'a':>8} {'interval':<22} {'b':>8} {'interval':<22}")
+    lines.append(f"{'approach':<16} {'a':>8} {'interval':<22} {'b':>8} {'interval':<22} unusable")
     for ap in s.approaches.values():
+        share = f"{100 * ap.unusable_share:.0f}%" + ("" if ap.reliable else " UNRELIABLE")
         if ap.ok:
             lines.append(
                 f"{ap.name:<16} {ap.a:>8.4f} {_ival(ap.ci('a'), '.4f'):<22}"
-                f" {ap.b:>8.4f} {_ival(ap.ci('b'), '.4f'):<22}"
+                f" {ap.b:>8.4f} {_ival(ap.ci('b'), '.4f'):<22} {share}"
             )
         else:
             lines.append(f"{ap.name:<16} {'n/a':>8}")
+        for key in ("method", "budgets_from", "noise_from"):
+            if key in ap.extra:
+                lines.append(f"  {key.replace('_', ' ')}: {ap.extra[key]}")
         lines += [f"  note: {flag}" for flag in ap.flags]
-    ag = s.agreement
-    if len(ag["compared"]) < 2:
-        lines.append("agreement: fewer than two approaches with intervals to compare")
-    elif ag["agree"]:
-        lines.append("agreement: yes, the intervals of a and b overlap for every pair")
-    else:
-        lines.append("agreement: NO - " + "; ".join(ag["disagreements"]))
+    lines += _agreement_lines(s.agreement)
     lines += ["", f"{'C (FLOPs)':>10} {'approach':<16} {'N_opt':>10} {'D_opt':>10} {'loss':>8}"]
     for c in s.targets:
         for ap in s.approaches.values():
@@ -198,4 +256,28 @@ def _format(s: Study) -> list[str]:
                 f" {'' if loss is None else f'{loss:.4g}':>8}"
                 f"  N {_ival(p.get('N_opt_ci'), '.3g')} D {_ival(p.get('D_opt_ci'), '.3g')}"
             )
+    return lines
+
+
+def _agreement_lines(ag: dict[str, Any]) -> list[str]:
+    """The verdict and, for every pair that is not plainly agreeing, why."""
+    if ag["verdict"] == "not compared":
+        return ["agreement: fewer than two approaches with bootstrap samples to compare"]
+    head = {
+        "agree": "AGREE",
+        "disagree": "DISAGREE",
+        "inconclusive": "INCONCLUSIVE (too wide or unreliable to tell)",
+    }[ag["verdict"]]
+    pct = f"{100 * ag['confidence']:.0f}%"
+    lines = [
+        f"agreement: {head}: judged from the {pct} interval of the bootstrap difference of"
+        f" exponents between approaches (agree: contains 0 and at most {ag['max_width']:g} wide)"
+    ]
+    for pr in ag["pairs"]:
+        p, q = pr["approaches"]
+        lines.append(
+            f"  {pr['exponent']}: {p} - {q} = {pr['difference']:+.3f}"
+            f" [{pr['ci'][0]:+.3f}, {pr['ci'][1]:+.3f}]: {pr['verdict']}"
+        )
+    lines += [f"  not compared: {n}" for n in ag["not_compared"]]
     return lines
