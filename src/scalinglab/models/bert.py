@@ -27,7 +27,14 @@ import jax.numpy as jnp
 from scalinglab.config import BertConfig
 from scalinglab.models.blocks import Block
 from scalinglab.models.gpt import PositionEmbed
-from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, on_rows, untied_head
+from scalinglab.models.layers import (
+    INIT_STD,
+    LayerNorm,
+    dense_init,
+    lookup,
+    on_rows,
+    untied_head,
+)
 
 EXTRA_TOKENS = 1  # [MASK]
 
@@ -57,7 +64,7 @@ class Bert(nn.Module):
             param_dtype=jnp.float32,
             name="token_embed",
         )
-        x_BxTxD = token_embed(tokens_BxT)
+        x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
                 raise ValueError("model.max_seq_len must be set for learned positions")

@@ -93,8 +93,8 @@ def _lm_head(
 class GPT(nn.Module):
     """Decoder-only LM: int32 tokens (B, T) -> float32 logits (B, T, vocab_size).
 
-    Dropout (embedding and residual) draws from the "dropout" rng collection and is active only
-    when `deterministic=False`.
+    Dropout (embeddings, attention probabilities, residual branches) draws from the "dropout"
+    rng collection and is active only when `deterministic=False`.
     """
 
     cfg: ModelConfig

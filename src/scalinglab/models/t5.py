@@ -47,7 +47,7 @@ from scalinglab.config import T5Config
 from scalinglab.models.attention import Attention, RelativePositionBias
 from scalinglab.models.blocks import Block, Mlp
 from scalinglab.models.gpt import PositionEmbed
-from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, on_rows
+from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, lookup, on_rows
 
 NUM_BUCKETS = 32
 MAX_DISTANCE = 128
@@ -323,7 +323,8 @@ class T5(nn.Module):
 
     def encode(self, enc_tokens_BxS: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """Encoder states (B, S, D) of the corrupted input."""
-        return self.encoder(self.token_embed(enc_tokens_BxS), deterministic=deterministic)
+        x_BxSxD = lookup(self.token_embed, enc_tokens_BxS)
+        return self.encoder(x_BxSxD, deterministic=deterministic)
 
     def decode(
         self, enc_BxSxD: jax.Array, dec_tokens_BxT: jax.Array, *, deterministic: bool = True
@@ -331,9 +332,8 @@ class T5(nn.Module):
         """Logits (B, T, V + S) from encoder states and decoder input tokens."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        x_BxTxD = self.decoder(
-            self.token_embed(dec_tokens_BxT), enc_BxSxD, deterministic=deterministic
-        )
+        x_BxTxD = lookup(self.token_embed, dec_tokens_BxT)
+        x_BxTxD = self.decoder(x_BxTxD, enc_BxSxD, deterministic=deterministic)
         if cfg.tie_embeddings:
             # Unembed with data and sentinel rows only: the start id is never a target.
             table_OxD = self.token_embed.embedding[: self.vocab.out_size].astype(dtype)
