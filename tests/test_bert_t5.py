@@ -16,8 +16,9 @@ from scalinglab import runfiles as rf
 from scalinglab.config import ACTIVATIONS, BertConfig, ConfigError, T5Config
 from scalinglab.flops import flops_per_token, param_counts
 from scalinglab.models import build_model, count_params
-from scalinglab.models.attention import FeedForward, relative_position_bucket
+from scalinglab.models.attention import relative_position_bucket
 from scalinglab.models.bert import mask_token_id
+from scalinglab.models.blocks import Mlp
 from scalinglab.models.t5 import T5, noise_spans, span_corrupt, span_layout, t5_vocab
 from scalinglab.train import run_trial
 from scalinglab.train.tasks import MaskedLM, SpanCorruption, mlm_mask
@@ -237,7 +238,7 @@ def test_span_layout_limits() -> None:
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_each_activation_in_the_feed_forward_block(activation: str) -> None:
-    ff = FeedForward(d_ff=16, activation=activation)
+    ff = Mlp(d_ff=16, activation=activation)
     x = jax.random.normal(jax.random.key(0), (2, 3, 8))
     params = ff.init(jax.random.key(1), x)["params"]
     assert ("gate" in params) == (activation == "swiglu")

@@ -1,92 +1,58 @@
-"""General attention and feed-forward blocks for the encoder models (BERT, T5).
+"""Multi-head attention modules, shared by every family, and T5's relative position bias.
 
-`layers.py` holds the GPT's tuned blocks, whose attention hard-codes the causal mask (its
-hand-written VJP depends on it). The encoders need attention with any mask (none, causal,
-cross-attention over another sequence), an additive position bias (T5's relative buckets) and
-dropout on the attention probabilities, so they use the plain-autodiff blocks here. Parameter
-names follow `layers.py` (`qkv`, `proj`, `up`/`gate`/`down`, `scale`/`bias`), so the weight-decay
-mask and the parameter counts treat every family alike.
+`Attention` is the one attention layer: self-attention (GPT, BERT, T5 encoder and decoder;
+causal or not, with an optional additive bias or mask) and cross-attention (T5's decoder over
+the encoder). `CachedAttention` is its incremental-decoding twin for `CachedGPT`, with the same
+parameters. Both split heads, call `kernels.attention` (which picks the fast hand-written VJP
+or the general path) and merge heads; nothing here knows about the kernels' layout tricks.
 
-Dropout, one rate for all three places the model zoo names:
-- attention: on the attention probabilities (`MultiHeadAttention`);
-- MLP: on the hidden activation of the feed-forward block (`FeedForward`);
-- residual: on each sub-layer's output before it joins the residual stream, and on the
-  embeddings (applied by the caller's block).
-
-Dtype policy as the GPT's: float32 params, matmuls in the compute dtype, scores and softmax in
-float32.
+Parameter names, the same in every family (the weight-decay mask and the parameter counts
+rely on them): self-attention `qkv` (one fused projection) and `proj`; cross-attention `q`,
+`kv` (fused) and `proj`, the same 4 d^2 + 4 d parameters either way.
 """
 
 from __future__ import annotations
-
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalinglab.models.layers import (
-    GATED_ACTIVATIONS,
-    INIT_STD,
-    activation_fn,
-    apply_rotary,
-    dense_init,
-    rotary_tables,
-)
+from scalinglab.models.kernels import attention
+from scalinglab.models.layers import INIT_STD, apply_rotary, dense, dense_init, rotary_tables
 
 Array = jax.Array
 Dtype = jnp.dtype
 
 
-def causal_mask(q_len: int, k_len: int | None = None) -> Array:
-    """bool (1, 1, Tq, Tk): query t may attend to keys s <= t."""
-    k_len = q_len if k_len is None else k_len
-    return jnp.tril(jnp.ones((q_len, k_len), dtype=bool))[None, None]
+def split_heads(x_BxTxND: Array, n_head: int, n: int) -> tuple[Array, ...]:
+    """n fused projections (B, T, n * D) -> n arrays of heads (B, H, T, D / H)."""
+    b, t, nd = x_BxTxND.shape
+    x_NxBxHxTxDh = x_BxTxND.reshape(b, t, n, n_head, nd // (n * n_head)).transpose(2, 0, 3, 1, 4)
+    return tuple(x_NxBxHxTxDh[i] for i in range(n))
 
 
-def dot_product_attention(
-    q_BxHxTxDh: Array,
-    k_BxHxSxDh: Array,
-    v_BxHxSxDh: Array,
-    *,
-    mask: Array | None = None,
-    bias_HxTxS: Array | None = None,
-    dropout_rate: float = 0.0,
-    dropout_rng: Array | None = None,
-) -> Array:
-    """softmax(q k^T / sqrt(Dh) + bias, masked) v, with scores and softmax in float32.
-
-    `mask` is a bool array broadcastable to (B, H, T, S), True where attention is allowed;
-    None attends everywhere (bidirectional). `dropout_rng` None means no dropout.
-    """
-    dh = q_BxHxTxDh.shape[-1]
-    s_BxHxTxS = jnp.einsum("bhtd,bhsd->bhts", q_BxHxTxDh, k_BxHxSxDh).astype(jnp.float32)
-    s_BxHxTxS = s_BxHxTxS * (1.0 / math.sqrt(dh))
-    if bias_HxTxS is not None:
-        s_BxHxTxS = s_BxHxTxS + bias_HxTxS.astype(jnp.float32)[None]
-    if mask is not None:
-        s_BxHxTxS = jnp.where(mask, s_BxHxTxS, jnp.finfo(jnp.float32).min)
-    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, p_BxHxTxS.shape)
-        p_BxHxTxS = jnp.where(keep, p_BxHxTxS / (1.0 - dropout_rate), 0.0)
-    p_BxHxTxS = p_BxHxTxS.astype(v_BxHxSxDh.dtype)
-    return jnp.einsum("bhts,bhsd->bhtd", p_BxHxTxS, v_BxHxSxDh)
+def merge_heads(y_BxHxTxDh: Array) -> Array:
+    """Heads (B, H, T, Dh) -> (B, T, H * Dh)."""
+    b, h, t, dh = y_BxHxTxDh.shape
+    return y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention on (B, T, D) inputs: self-attention (`kv` None) or cross-attention.
+class Attention(nn.Module):
+    """Multi-head attention on (B, T, D): self-attention (`kv` None) or cross-attention over
+    `kv` (B, S, D). Scores and softmax in float32.
 
-    Self-attention has one fused `qkv` projection; cross-attention has `q` on the queries and a
-    fused `kv` on the attended sequence (the same 4 d^2 + 4 d parameters either way). `rotary`
-    rotates queries and keys by position (self-attention only). Residual dropout is the
-    caller's; `dropout` here is on the attention probabilities.
+    `causal`: each position sees itself and earlier ones. `rotary` rotates queries and keys by
+    position (self-attention only). `dropout` is on the attention probabilities (from the
+    "dropout" rng, only when not `deterministic`); residual dropout is the caller's.
+    `out_std` is the init scale of the output projection (GPT-2 scales residual projections
+    by 1/sqrt(2 * n_layer)).
     """
 
     n_head: int
-    dropout: float = 0.0
+    causal: bool = False
     rotary: bool = False
+    dropout: float = 0.0
     out_std: float = INIT_STD
     dtype: Dtype = jnp.float32
 
@@ -96,80 +62,79 @@ class MultiHeadAttention(nn.Module):
         x_BxTxD: Array,
         kv_BxSxD: Array | None = None,
         *,
+        bias: Array | None = None,
         mask: Array | None = None,
-        bias_HxTxS: Array | None = None,
         deterministic: bool = True,
     ) -> Array:
-        b, t, d = x_BxTxD.shape
-        h = self.n_head
-        dh = d // h
-        dense = dict(kernel_init=dense_init(), dtype=self.dtype, param_dtype=jnp.float32)
-        x_BTxD = x_BxTxD.reshape(b * t, d)  # 2-D Dense: fast weight gradient on CPU (layers.py)
+        d, h = x_BxTxD.shape[-1], self.n_head
         if kv_BxSxD is None:
-            s = t
-            qkv_BTx3D = nn.Dense(3 * d, name="qkv", **dense)(x_BTxD)
-            qkv_3xBxHxTxDh = qkv_BTx3D.reshape(b, t, 3, h, dh).transpose(2, 0, 3, 1, 4)
-            q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh = qkv_3xBxHxTxDh
+            qkv_BxTx3D = dense(x_BxTxD, 3 * d, name="qkv", dtype=self.dtype)
+            q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh = split_heads(qkv_BxTx3D, h, 3)
         else:
             if self.rotary:
                 raise ValueError("rotary positions apply to self-attention only")
-            s = kv_BxSxD.shape[1]
-            q_BTxD = nn.Dense(d, name="q", **dense)(x_BTxD)
-            kv_BSx2D = nn.Dense(2 * d, name="kv", **dense)(kv_BxSxD.reshape(b * s, d))
-            q_BxHxTxDh = q_BTxD.reshape(b, t, h, dh).transpose(0, 2, 1, 3)
-            kv_2xBxHxSxDh = kv_BSx2D.reshape(b, s, 2, h, dh).transpose(2, 0, 3, 1, 4)
-            k_BxHxSxDh, v_BxHxSxDh = kv_2xBxHxSxDh
+            (q_BxHxTxDh,) = split_heads(dense(x_BxTxD, d, name="q", dtype=self.dtype), h, 1)
+            kv_BxSx2D = dense(kv_BxSxD, 2 * d, name="kv", dtype=self.dtype)
+            k_BxHxSxDh, v_BxHxSxDh = split_heads(kv_BxSx2D, h, 2)
         if self.rotary:
-            cos_TxF, sin_TxF = rotary_tables(t, dh)
+            cos_TxF, sin_TxF = rotary_tables(x_BxTxD.shape[1], d // h)
             q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
             k_BxHxSxDh = apply_rotary(k_BxHxSxDh, cos_TxF, sin_TxF)
-        use_dropout = not deterministic and self.dropout > 0.0
-        y_BxHxTxDh = dot_product_attention(
+        use_dropout = self.dropout > 0.0 and not deterministic
+        y_BxHxTxDh = attention(
             q_BxHxTxDh,
             k_BxHxSxDh,
             v_BxHxSxDh,
+            causal=self.causal,
+            bias=bias,
             mask=mask,
-            bias_HxTxS=bias_HxTxS,
             dropout_rate=self.dropout,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            dropout_key=self.make_rng("dropout") if use_dropout else None,
+            deterministic=deterministic,
         )
-        y_BTxD = y_BxHxTxDh.transpose(0, 2, 1, 3).reshape(b * t, d)
-        proj = nn.Dense(
-            d,
-            kernel_init=dense_init(self.out_std),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="proj",
-        )
-        return proj(y_BTxD).reshape(b, t, d)
+        y_BxTxD = merge_heads(y_BxHxTxDh)
+        return dense(y_BxTxD, d, name="proj", dtype=self.dtype, std=self.out_std)
 
 
-class FeedForward(nn.Module):
-    """Feed-forward block on (B, T, D): `up` (and `gate` for swiglu), activation, dropout on
-    the hidden activation, `down`. Same parameters as `layers.Mlp`; residual dropout is the
-    caller's."""
+class CachedAttention(nn.Module):
+    """Causal self-attention for incremental decoding, with an explicit KV cache.
 
-    d_ff: int
-    activation: str = "gelu"
-    dropout: float = 0.0
-    out_std: float = INIT_STD
+    Same parameters (`qkv`, `proj`) and computation as a causal `Attention`, but the T new
+    tokens (B, T, D) sit at positions pos..pos+T-1: their keys and values are written into
+    the cache `{"k", "v"}` (each (B, H, S, Dh)) and query t attends to slots s <= pos + t
+    (later slots, not yet written, are masked as the full pass masks future keys). Returns
+    the output and the updated cache; the cache is a plain pytree passed in and out (not a
+    flax "cache" collection), so a decode step is one pure jitted function. Inference only.
+    """
+
+    n_head: int
+    rotary: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxTxD: Array, *, deterministic: bool = True) -> Array:
-        b, t, d = x_BxTxD.shape
-        act = activation_fn(self.activation)
-        dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-        x_BTxD = x_BxTxD.reshape(b * t, d)
-        up_BTxF = nn.Dense(self.d_ff, kernel_init=dense_init(), name="up", **dense)(x_BTxD)
-        if self.activation in GATED_ACTIVATIONS:
-            gate_BTxF = nn.Dense(self.d_ff, kernel_init=dense_init(), name="gate", **dense)(x_BTxD)
-            h_BTxF = act(gate_BTxF) * up_BTxF
-        else:
-            h_BTxF = act(up_BTxF)
-        h_BTxF = nn.Dropout(self.dropout)(h_BTxF, deterministic=deterministic)
-        down = nn.Dense(d, kernel_init=dense_init(self.out_std), name="down", **dense)
-        return down(h_BTxF).reshape(b, t, d)
+    def __call__(
+        self, x_BxTxD: Array, cache: dict[str, Array], pos: Array | int
+    ) -> tuple[Array, dict[str, Array]]:
+        t, d = x_BxTxD.shape[1:]
+        s, dh = cache["k"].shape[2:]
+        qkv_BxTx3D = dense(x_BxTxD, 3 * d, name="qkv", dtype=self.dtype)
+        q_BxHxTxDh, k_BxHxTxDh, v_BxHxTxDh = split_heads(qkv_BxTx3D, self.n_head, 3)
+        if self.rotary:
+            cos_SxF, sin_SxF = rotary_tables(s, dh)
+            cos_TxF = jax.lax.dynamic_slice_in_dim(cos_SxF, pos, t)
+            sin_TxF = jax.lax.dynamic_slice_in_dim(sin_SxF, pos, t)
+            q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
+            k_BxHxTxDh = apply_rotary(k_BxHxTxDh, cos_TxF, sin_TxF)
+        k_BxHxSxDh = jax.lax.dynamic_update_slice_in_dim(
+            cache["k"], k_BxHxTxDh.astype(cache["k"].dtype), pos, axis=2
+        )
+        v_BxHxSxDh = jax.lax.dynamic_update_slice_in_dim(
+            cache["v"], v_BxHxTxDh.astype(cache["v"].dtype), pos, axis=2
+        )
+        visible_TxS = jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None]
+        y_BxHxTxDh = attention(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, mask=visible_TxS)
+        y_BxTxD = dense(merge_heads(y_BxHxTxDh), d, name="proj", dtype=self.dtype)
+        return y_BxTxD, {"k": k_BxHxSxDh, "v": v_BxHxSxDh}
 
 
 def relative_position_bucket(

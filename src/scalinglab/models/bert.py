@@ -25,9 +25,16 @@ import jax
 import jax.numpy as jnp
 
 from scalinglab.config import BertConfig
-from scalinglab.models.attention import FeedForward, MultiHeadAttention
+from scalinglab.models.blocks import Block
 from scalinglab.models.gpt import PositionEmbed
-from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, untied_head
+from scalinglab.models.layers import (
+    INIT_STD,
+    LayerNorm,
+    dense_init,
+    lookup,
+    on_rows,
+    untied_head,
+)
 
 EXTRA_TOKENS = 1  # [MASK]
 
@@ -35,53 +42,6 @@ EXTRA_TOKENS = 1  # [MASK]
 def mask_token_id(cfg: BertConfig) -> int:
     """The id of [MASK]: one past the data vocabulary."""
     return cfg.vocab_size
-
-
-class EncoderBlock(nn.Module):
-    """Pre-LayerNorm block: x + drop(attn(norm_1(x))), then x + drop(mlp(norm_2(x))).
-
-    `mask` (bool, broadcastable to (B, H, T, T)) and `bias_HxTxT` go to the attention; None
-    for both is BERT's bidirectional attention. Shared with the T5 encoder.
-    """
-
-    n_head: int
-    d_ff: int
-    activation: str
-    dropout: float
-    out_std: float
-    rotary: bool = False
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(
-        self,
-        x_BxTxD: jax.Array,
-        *,
-        mask: jax.Array | None = None,
-        bias_HxTxT: jax.Array | None = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        drop = nn.Dropout(self.dropout)
-        h = LayerNorm(dtype=self.dtype, name="norm_1")(x_BxTxD)
-        h = MultiHeadAttention(
-            n_head=self.n_head,
-            dropout=self.dropout,
-            rotary=self.rotary,
-            out_std=self.out_std,
-            dtype=self.dtype,
-            name="attn",
-        )(h, mask=mask, bias_HxTxS=bias_HxTxT, deterministic=deterministic)
-        x_BxTxD = x_BxTxD + drop(h, deterministic=deterministic)
-        h = LayerNorm(dtype=self.dtype, name="norm_2")(x_BxTxD)
-        h = FeedForward(
-            d_ff=self.d_ff,
-            activation=self.activation,
-            dropout=self.dropout,
-            out_std=self.out_std,
-            dtype=self.dtype,
-            name="mlp",
-        )(h, deterministic=deterministic)
-        return x_BxTxD + drop(h, deterministic=deterministic)
 
 
 class Bert(nn.Module):
@@ -95,7 +55,7 @@ class Bert(nn.Module):
     def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        b, t = tokens_BxT.shape
+        t = tokens_BxT.shape[1]
         token_embed = nn.Embed(
             cfg.vocab_size + EXTRA_TOKENS,
             cfg.d_model,
@@ -104,7 +64,7 @@ class Bert(nn.Module):
             param_dtype=jnp.float32,
             name="token_embed",
         )
-        x_BxTxD = token_embed(tokens_BxT)
+        x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
                 raise ValueError("model.max_seq_len must be set for learned positions")
@@ -115,21 +75,22 @@ class Bert(nn.Module):
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         out_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         for i in range(cfg.n_layer):
-            x_BxTxD = EncoderBlock(
+            x_BxTxD = Block(
                 n_head=cfg.n_head,
                 d_ff=cfg.ff_dim,
                 activation=cfg.activation,
-                dropout=cfg.dropout,
-                out_std=out_std,
                 rotary=cfg.positions == "rotary",
+                dropout=cfg.dropout,
+                mlp_dropout=cfg.dropout,
+                out_std=out_std,
                 dtype=dtype,
                 name=f"block_{i}",
             )(x_BxTxD, deterministic=deterministic)
-        x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BxTxD).reshape(b * t, cfg.d_model)
+        x_BxTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BxTxD)
         if cfg.tie_embeddings:
             # Unembed with the data-token rows only: [MASK] is never predicted.
             table_VxD = token_embed.embedding[: cfg.vocab_size].astype(dtype)
-            logits_BTxV = x_BTxD @ table_VxD.T
+            logits_BxTxV = on_rows(lambda x_NxD: x_NxD @ table_VxD.T, x_BxTxD)
         else:
-            logits_BTxV = untied_head(cfg.vocab_size, dtype)(x_BTxD)
-        return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
+            logits_BxTxV = untied_head(x_BxTxD, cfg.vocab_size, dtype)
+        return logits_BxTxV.astype(jnp.float32)

@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from scalinglab.config import ModelConfig
+from scalinglab.models.attention import CachedAttention
+from scalinglab.models.blocks import Block, Mlp
 from scalinglab.models.layers import (
     INIT_STD,
-    CachedSelfAttention,
-    CausalSelfAttention,
     LayerNorm,
-    Mlp,
     dense_init,
+    lookup,
+    on_rows,
     untied_head,
 )
 
@@ -48,36 +49,20 @@ class PositionEmbed(nn.Module):
         return table[:seq_len]
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(norm_1(x)), then x + mlp(norm_2(x))."""
-
-    cfg: ModelConfig
-    seq_len: int
-
-    @nn.compact
-    def __call__(self, x_BTxD: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        cfg = self.cfg
-        dtype = jnp.dtype(cfg.dtype)
-        out_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
-        h = LayerNorm(dtype=dtype, name="norm_1")(x_BTxD)
-        x_BTxD = x_BTxD + CausalSelfAttention(
-            n_head=cfg.n_head,
-            seq_len=self.seq_len,
-            rotary=cfg.positions == "rotary",
-            dropout=cfg.dropout,
-            out_std=out_std,
-            dtype=dtype,
-            name="attn",
-        )(h, deterministic=deterministic)
-        h = LayerNorm(dtype=dtype, name="norm_2")(x_BTxD)
-        return x_BTxD + Mlp(
-            d_ff=cfg.ff_dim,
-            activation=cfg.activation,
-            dropout=cfg.dropout,
-            out_std=out_std,
-            dtype=dtype,
-            name="mlp",
-        )(h, deterministic=deterministic)
+def _block(cfg: ModelConfig, name: str) -> Block:
+    """Decoder block `name`: causal self-attention and the feed-forward block, residual
+    projections initialised with std 0.02 / sqrt(2 * n_layer) (GPT-2)."""
+    return Block(
+        n_head=cfg.n_head,
+        d_ff=cfg.ff_dim,
+        activation=cfg.activation,
+        causal=True,
+        rotary=cfg.positions == "rotary",
+        dropout=cfg.dropout,
+        out_std=INIT_STD / math.sqrt(2 * cfg.n_layer),
+        dtype=jnp.dtype(cfg.dtype),
+        name=name,
+    )
 
 
 def _token_embed(cfg: ModelConfig, dtype: jnp.dtype) -> nn.Embed:
@@ -93,20 +78,23 @@ def _token_embed(cfg: ModelConfig, dtype: jnp.dtype) -> nn.Embed:
 
 
 def _lm_head(
-    cfg: ModelConfig, dtype: jnp.dtype, token_embed: nn.Embed, x_BTxD: jax.Array
+    cfg: ModelConfig, dtype: jnp.dtype, token_embed: nn.Embed, x_BxTxD: jax.Array
 ) -> jax.Array:
-    """Final LayerNorm and unembedding (tied to `token_embed`, or an untied `lm_head`)."""
-    x_BTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BTxD)
+    """Final LayerNorm and float32 logits from the unembedding (tied to `token_embed`, or an
+    untied `lm_head`)."""
+    x_BxTxD = LayerNorm(dtype=dtype, name="norm_f")(x_BxTxD)
     if cfg.tie_embeddings:
-        return token_embed.attend(x_BTxD)
-    return untied_head(cfg.vocab_size, dtype)(x_BTxD)
+        logits_BxTxV = on_rows(token_embed.attend, x_BxTxD)
+    else:
+        logits_BxTxV = untied_head(x_BxTxD, cfg.vocab_size, dtype)
+    return logits_BxTxV.astype(jnp.float32)
 
 
 class GPT(nn.Module):
     """Decoder-only LM: int32 tokens (B, T) -> float32 logits (B, T, vocab_size).
 
-    Dropout (embedding and residual) draws from the "dropout" rng collection and is active only
-    when `deterministic=False`.
+    Dropout (embeddings, attention probabilities, residual branches) draws from the "dropout"
+    rng collection and is active only when `deterministic=False`.
     """
 
     cfg: ModelConfig
@@ -115,21 +103,20 @@ class GPT(nn.Module):
     def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        b, t = tokens_BxT.shape
+        t = tokens_BxT.shape[1]
         token_embed = _token_embed(cfg, dtype)
-        x_BTxD = token_embed(tokens_BxT.reshape(b * t))
+        x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
                 raise ValueError("model.max_seq_len must be set for learned positions")
             if t > cfg.max_seq_len:
                 raise ValueError(f"sequence length {t} exceeds model.max_seq_len {cfg.max_seq_len}")
             pos_TxD = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(t)
-            x_BTxD = (x_BTxD.reshape(b, t, -1) + pos_TxD.astype(dtype)).reshape(b * t, -1)
-        x_BTxD = nn.Dropout(cfg.dropout)(x_BTxD, deterministic=deterministic)
+            x_BxTxD = x_BxTxD + pos_TxD.astype(dtype)
+        x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         for i in range(cfg.n_layer):
-            x_BTxD = Block(cfg, seq_len=t, name=f"block_{i}")(x_BTxD, deterministic=deterministic)
-        logits_BTxV = _lm_head(cfg, dtype, token_embed, x_BTxD)
-        return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
+            x_BxTxD = _block(cfg, f"block_{i}")(x_BxTxD, deterministic=deterministic)
+        return _lm_head(cfg, dtype, token_embed, x_BxTxD)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
@@ -152,18 +139,18 @@ class CachedBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTxD: jax.Array, cache: dict[str, jax.Array], pos: jax.Array | int
+        self, x_BxTxD: jax.Array, cache: dict[str, jax.Array], pos: jax.Array | int
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        h = LayerNorm(dtype=dtype, name="norm_1")(x_BTxD)
-        y_BTxD, cache = CachedSelfAttention(
+        h_BxTxD = LayerNorm(dtype=dtype, name="norm_1")(x_BxTxD)
+        y_BxTxD, cache = CachedAttention(
             n_head=cfg.n_head, rotary=cfg.positions == "rotary", dtype=dtype, name="attn"
-        )(h, cache, pos)
-        x_BTxD = x_BTxD + y_BTxD
-        h = LayerNorm(dtype=dtype, name="norm_2")(x_BTxD)
+        )(h_BxTxD, cache, pos)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        h_BxTxD = LayerNorm(dtype=dtype, name="norm_2")(x_BxTxD)
         mlp = Mlp(d_ff=cfg.ff_dim, activation=cfg.activation, dtype=dtype, name="mlp")
-        return x_BTxD + mlp(h), cache
+        return x_BxTxD + mlp(h_BxTxD), cache
 
 
 class CachedGPT(nn.Module):
@@ -183,18 +170,16 @@ class CachedGPT(nn.Module):
     ) -> tuple[jax.Array, KVCache]:
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        b, t = tokens_BxT.shape
+        t = tokens_BxT.shape[1]
         token_embed = _token_embed(cfg, dtype)
-        x_BTxD = token_embed(tokens_BxT.reshape(b * t))
+        x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
             if cfg.max_seq_len is None:
                 raise ValueError("model.max_seq_len must be set for learned positions")
             table = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(cfg.max_seq_len)
-            pos_TxD = jax.lax.dynamic_slice_in_dim(table, pos, t)
-            x_BTxD = (x_BTxD.reshape(b, t, -1) + pos_TxD.astype(dtype)).reshape(b * t, -1)
+            x_BxTxD = x_BxTxD + jax.lax.dynamic_slice_in_dim(table, pos, t).astype(dtype)
         new_cache = []
         for i in range(cfg.n_layer):
-            x_BTxD, layer_cache = CachedBlock(cfg, name=f"block_{i}")(x_BTxD, cache[i], pos)
+            x_BxTxD, layer_cache = CachedBlock(cfg, name=f"block_{i}")(x_BxTxD, cache[i], pos)
             new_cache.append(layer_cache)
-        logits_BTxV = _lm_head(cfg, dtype, token_embed, x_BTxD)
-        return logits_BTxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size), new_cache
+        return _lm_head(cfg, dtype, token_embed, x_BxTxD), new_cache

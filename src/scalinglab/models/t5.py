@@ -44,15 +44,10 @@ import jax
 import jax.numpy as jnp
 
 from scalinglab.config import T5Config
-from scalinglab.models.attention import (
-    FeedForward,
-    MultiHeadAttention,
-    RelativePositionBias,
-    causal_mask,
-)
-from scalinglab.models.bert import EncoderBlock
+from scalinglab.models.attention import Attention, RelativePositionBias
+from scalinglab.models.blocks import Block, Mlp
 from scalinglab.models.gpt import PositionEmbed
-from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init
+from scalinglab.models.layers import INIT_STD, LayerNorm, dense_init, lookup, on_rows
 
 NUM_BUCKETS = 32
 MAX_DISTANCE = 128
@@ -204,17 +199,16 @@ class DecoderBlock(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         drop = nn.Dropout(cfg.dropout)
         attn = dict(n_head=cfg.n_head, dropout=cfg.dropout, out_std=self.out_std, dtype=dtype)
-        t = x_BxTxD.shape[1]
         h = LayerNorm(dtype=dtype, name="norm_1")(x_BxTxD)
-        h = MultiHeadAttention(**attn, name="attn")(
-            h, mask=causal_mask(t), bias_HxTxS=bias_HxTxT, deterministic=deterministic
+        h = Attention(**attn, causal=True, name="attn")(
+            h, bias=bias_HxTxT, deterministic=deterministic
         )
         x_BxTxD = x_BxTxD + drop(h, deterministic=deterministic)
         h = LayerNorm(dtype=dtype, name="norm_2")(x_BxTxD)
-        h = MultiHeadAttention(**attn, name="cross_attn")(h, enc_BxSxD, deterministic=deterministic)
+        h = Attention(**attn, name="cross_attn")(h, enc_BxSxD, deterministic=deterministic)
         x_BxTxD = x_BxTxD + drop(h, deterministic=deterministic)
         h = LayerNorm(dtype=dtype, name="norm_3")(x_BxTxD)
-        h = FeedForward(
+        h = Mlp(
             d_ff=cfg.ff_dim,
             activation=cfg.activation,
             dropout=cfg.dropout,
@@ -261,15 +255,16 @@ class Encoder(nn.Module):
         x_BxSxD = nn.Dropout(cfg.dropout)(x_BxSxD, deterministic=deterministic)
         out_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
         for i in range(cfg.n_layer):
-            x_BxSxD = EncoderBlock(
+            x_BxSxD = Block(
                 n_head=cfg.n_head,
                 d_ff=cfg.ff_dim,
                 activation=cfg.activation,
                 dropout=cfg.dropout,
+                mlp_dropout=cfg.dropout,
                 out_std=out_std,
                 dtype=dtype,
                 name=f"block_{i}",
-            )(x_BxSxD, bias_HxTxT=bias, deterministic=deterministic)
+            )(x_BxSxD, bias=bias, deterministic=deterministic)
         return LayerNorm(dtype=dtype, name="norm_f")(x_BxSxD)
 
 
@@ -328,7 +323,8 @@ class T5(nn.Module):
 
     def encode(self, enc_tokens_BxS: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """Encoder states (B, S, D) of the corrupted input."""
-        return self.encoder(self.token_embed(enc_tokens_BxS), deterministic=deterministic)
+        x_BxSxD = lookup(self.token_embed, enc_tokens_BxS)
+        return self.encoder(x_BxSxD, deterministic=deterministic)
 
     def decode(
         self, enc_BxSxD: jax.Array, dec_tokens_BxT: jax.Array, *, deterministic: bool = True
@@ -336,18 +332,15 @@ class T5(nn.Module):
         """Logits (B, T, V + S) from encoder states and decoder input tokens."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
-        b, t = dec_tokens_BxT.shape
-        x_BxTxD = self.decoder(
-            self.token_embed(dec_tokens_BxT), enc_BxSxD, deterministic=deterministic
-        )
-        x_BTxD = x_BxTxD.reshape(b * t, cfg.d_model)
+        x_BxTxD = lookup(self.token_embed, dec_tokens_BxT)
+        x_BxTxD = self.decoder(x_BxTxD, enc_BxSxD, deterministic=deterministic)
         if cfg.tie_embeddings:
             # Unembed with data and sentinel rows only: the start id is never a target.
             table_OxD = self.token_embed.embedding[: self.vocab.out_size].astype(dtype)
-            logits_BTxO = x_BTxD @ table_OxD.T
+            logits_BxTxO = on_rows(lambda x_NxD: x_NxD @ table_OxD.T, x_BxTxD)
         else:
-            logits_BTxO = self.lm_head(x_BTxD)
-        return logits_BTxO.astype(jnp.float32).reshape(b, t, self.vocab.out_size)
+            logits_BxTxO = on_rows(self.lm_head, x_BxTxD)
+        return logits_BxTxO.astype(jnp.float32)
 
     def __call__(
         self, enc_tokens_BxS: jax.Array, dec_tokens_BxT: jax.Array, *, deterministic: bool = True
