@@ -171,8 +171,8 @@ class Log(Hook):
 class Evaluate(Hook):
     """Every `every` steps and at the end: the mean of each eval metric over the validation
     batches, and `eval_loss_se`, the standard error of that mean loss (sample standard
-    deviation over the batches / sqrt(batches); null with one batch). A non-finite eval loss
-    ends the trial as diverged (after its record is written)."""
+    deviation over the batches / sqrt(batches); null with one batch or a non-finite loss).
+    A non-finite eval loss ends the trial as diverged (after its record is written)."""
 
     at_end = True
 
@@ -193,8 +193,9 @@ class Evaluate(Hook):
 
 
 def standard_error(values: Sequence[float]) -> float | None:
-    """Standard error of the mean of `values` (ddof 1); None for fewer than two."""
-    if len(values) < 2:
+    """Standard error of the mean of `values` (ddof 1); None for fewer than two or any
+    non-finite value."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
         return None
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
