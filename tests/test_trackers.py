@@ -43,11 +43,34 @@ def _assert_same(tb: dict, jl: dict, skip: tuple[str, ...] = ()) -> None:
         assert np.array_equal(np.array([v for _, v in tb[tag]], dtype=np.float32), want), tag
 
 
+class _Display:
+    """A Tracker, as the CLI's progress bar is one."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.started: tuple[int, int] | None = None
+        self.finished = False
+
+    def start(self, step: int, info: dict) -> None:
+        self.started = (step, info["total_steps"])
+
+    def log(self, step: int, record: dict) -> None:
+        assert step == record["step"]
+        self.records.append(record)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
 def test_tensorboard_events_equal_metrics_jsonl(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     cfg = tiny_trial(**{"train.trackers": "[tensorboard]", "train.budget": "{steps: 20}"})
     assert cfg.train.trackers == ["jsonl", "tensorboard"]
-    run_trial(cfg, tmp_path)
+    display = _Display()
+    run_trial(cfg, tmp_path, progress=display)
+    # The progress display is a tracker too: it saw the start and exactly the file's records.
+    assert display.started == (0, 20) and display.finished
+    assert display.records == rf.read_jsonl(tmp_path / rf.METRICS)
     tb, jl = _scalars(tmp_path / TENSORBOARD_DIR), _from_jsonl(tmp_path)
     assert {"train_loss", "eval_loss", "eval_loss_se", "lr", "grad_norm"} <= set(tb)
     _assert_same(tb, jl)

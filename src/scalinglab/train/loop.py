@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from scalinglab import runfiles as rf
-from scalinglab.budget import Budget
+from scalinglab.budget import Budget, plan_steps  # noqa: F401  (old location, re-exported)
 from scalinglab.config import TrialConfig
 from scalinglab.data import build_dataset
 from scalinglab.errors import TrialError
@@ -31,8 +31,8 @@ from scalinglab.train import hooks as hk
 from scalinglab.train import mesh as mesh_mod
 from scalinglab.train.hooks import TrialInterrupted
 from scalinglab.train.state import abstract_state, init_state
-from scalinglab.train.trackers import ProgressFn, build_trackers
-from scalinglab.train.trainer import batch_placement, build_trainer
+from scalinglab.train.trackers import ProgressFn, Tracker, build_trackers
+from scalinglab.train.trainer import Trainer, batch_placement, build_trainer  # noqa: F401
 
 # Fields of a metrics record that depend on the wall clock, not on the computation.
 WALL_CLOCK_FIELDS = ("wall_s", "tokens_per_s")
@@ -42,13 +42,14 @@ def run_trial(
     cfg: TrialConfig,
     run_dir: str | Path,
     *,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | Tracker | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` in `run_dir` (resuming if it holds a checkpoint) and return the summary.
 
     A finished trial (summary.json present) is not trained again. Bad input raises
     TrialError/DataError before any compile; any failure is recorded in status.json.
-    `progress(event)` receives the start and every metrics record (a progress tracker).
+    `progress` is one more tracker: a `Tracker`, or a callback `progress(event)` that receives
+    `{"event": "start", ...}` and then `{"event": "log", **record}` per metrics record.
     """
     rd = RunDir(run_dir)
     # Before anything starts JAX in this process (scalinglab.hostmem explains why).
@@ -67,7 +68,7 @@ def run_trial(
         raise
 
 
-def _train(cfg: TrialConfig, rd: RunDir, progress: ProgressFn | None) -> dict[str, Any]:
+def _train(cfg: TrialConfig, rd: RunDir, progress: ProgressFn | Tracker | None) -> dict[str, Any]:
     budget = Budget.of(cfg)
     trackers = build_trackers(cfg.train.trackers, rd.path, progress)
     dataset = build_dataset(cfg.data)

@@ -125,9 +125,11 @@ TRACKERS = ("jsonl", "tensorboard")
 
 
 def build_trackers(
-    names: Sequence[str], run_dir: str | Path, progress: ProgressFn | None = None
+    names: Sequence[str], run_dir: str | Path, progress: ProgressFn | Tracker | None = None
 ) -> list[Tracker]:
-    """The trackers `names` selects (jsonl first, always), plus `progress` when given."""
+    """The trackers `names` selects (jsonl first, always), plus `progress` when given: a
+    Tracker (an object with `start`, `log` and `finish`, like the CLI's progress bar) or a
+    callback `fn(event)`, wrapped in a ProgressTracker."""
     run_dir = Path(run_dir)
     out: list[Tracker] = [JsonlTracker(run_dir / rf.METRICS)]
     for name in dict.fromkeys(names):
@@ -138,5 +140,6 @@ def build_trackers(
                 f"train.trackers: unknown tracker {name!r}; allowed: {', '.join(TRACKERS)}"
             )
     if progress is not None:
-        out.append(ProgressTracker(progress))
+        is_tracker = all(hasattr(progress, m) for m in ("start", "log", "finish"))
+        out.append(progress if is_tracker else ProgressTracker(progress))  # type: ignore[arg-type]
     return out
