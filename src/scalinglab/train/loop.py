@@ -12,6 +12,7 @@ wall-clock fields) to that of an uninterrupted run.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def _steps(
     """The step loop. Losses stay on the device until a hook is due and are then read in one
     transfer: no per-step host sync, so the host prepares batch t+1 while step t runs."""
     B, seed = cfg.train.batch_size, cfg.seed
-    loop.wall0 = loop.host.wall_s
+    loop.wall0, loop.t0 = loop.host.wall_s, time.perf_counter()
     pending: list[tuple[int, jax.Array]] = []
     for hook in hooks:
         hook.open(loop)
