@@ -72,6 +72,14 @@ def run_trial(
 def _train(cfg: TrialConfig, rd: RunDir, progress: ProgressFn | Tracker | None) -> dict[str, Any]:
     budget = Budget.of(cfg)
     trackers = build_trackers(cfg.train.trackers, rd.path, progress)
+    try:
+        return _run(cfg, rd, budget, trackers)
+    finally:
+        for tracker in trackers:
+            tracker.finish()
+
+
+def _run(cfg: TrialConfig, rd: RunDir, budget: Budget, trackers: list[Tracker]) -> dict[str, Any]:
     dataset = build_dataset(cfg.data)
     vocab = getattr(cfg.model, "vocab_size", None)
     if vocab is not None and dataset.vocab_size > vocab:
@@ -132,8 +140,6 @@ def _train(cfg: TrialConfig, rd: RunDir, progress: ProgressFn | Tracker | None) 
             ckpt.save(manager, loop.state, loop.host.to_json())
     finally:
         manager.close()
-        for tracker in trackers:
-            tracker.finish()
     summary = _summary(cfg, loop, counts, mesh.size, dataset.info, rd)
     rd.finish(summary, budget.steps)
     return summary
