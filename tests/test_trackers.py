@@ -14,7 +14,7 @@ from scalinglab import runfiles as rf
 from scalinglab.errors import ConfigError, TrialError
 from scalinglab.sweep.expand import trial_id
 from scalinglab.train import run_trial
-from scalinglab.train.trackers import TENSORBOARD_DIR, build_trackers
+from scalinglab.train.trackers import MLFLOW_DB, TENSORBOARD_DIR, build_trackers
 
 
 def _scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -97,8 +97,70 @@ def test_tensorboard_after_a_resume_drops_the_replayed_steps(tmp_path: Path) -> 
     assert [s for s, _ in tb["train_loss"]] == [5, 10, 15, 20, 25, 30]
 
 
+def _mlflow_run(run_dir: Path) -> tuple:
+    """The one MLflow run in run_dir/mlflow.db and its metric histories, read back with
+    MLflow's own client."""
+    tracking = pytest.importorskip("mlflow.tracking")
+    client = tracking.MlflowClient(tracking_uri=f"sqlite:///{run_dir / MLFLOW_DB}")
+    exp = client.get_experiment_by_name(run_dir.name)
+    (run,) = client.search_runs([exp.experiment_id])
+    history = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in run.data.metrics
+    }
+    return run, {k: sorted(v) for k, v in history.items()}
+
+
+def test_mlflow_run_equals_metrics_jsonl_and_a_resume_continues_it(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("alembic")
+    steps = {"train.budget": "{steps: 30}"}
+    cfg = tiny_trial(**{"train.trackers": "[mlflow]", **steps})
+    assert cfg.train.trackers == ["jsonl", "mlflow"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(step: int):
+        def stop(ev: dict) -> None:
+            if ev.get("step") == step:
+                raise Stop
+
+        return stop
+
+    # Checkpoints every 10 steps. Without the tracker up to step 15 (resumed from 10); with it
+    # up to 25 (resumed from 20); then to the end.
+    with pytest.raises(Stop):
+        run_trial(tiny_trial(**steps), tmp_path, progress=stop_at(15))
+    with pytest.raises(Stop):
+        run_trial(cfg, tmp_path, progress=stop_at(25))
+    first, ml = _mlflow_run(tmp_path)
+    assert first.info.status == "FAILED" and first.data.tags["scalinglab.status"] == "running"
+    # Steps 5 and 10 copied from metrics.jsonl, then 15-25 logged.
+    assert [s for s, _ in ml["train_loss"]] == [5, 10, 15, 20, 25]
+    assert first.data.params["model.d_model"] == "32"
+    assert first.data.params["train.budget.steps"] == "30"
+
+    run_trial(cfg, tmp_path)
+    run, ml = _mlflow_run(tmp_path)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["scalinglab.status"] == "done"
+    jl = _from_jsonl(tmp_path)
+    assert {"train_loss", "eval_loss", "eval_loss_se", "lr", "grad_norm"} <= set(ml)
+    assert set(ml) == set(jl)
+    # Steps 21-25 ran twice: MLflow keeps the first attempt's records of them (the same
+    # losses; the wall-clock fields differ), and no step is there twice.
+    for key in set(jl) - {"wall_s", "tokens_per_s"}:
+        assert ml[key] == jl[key], key
+    assert [s for s, _ in ml["train_loss"]] == [5, 10, 15, 20, 25, 30]
+    assert [s for s, _ in ml["eval_loss"]] == [10, 20, 30]
+
+
 def test_trackers_are_validated_and_leave_the_trial_id_alone() -> None:
-    with pytest.raises(ConfigError, match=r"unknown tracker 'wandb'; allowed: jsonl, tensorboard"):
+    with pytest.raises(
+        ConfigError, match=r"unknown tracker 'wandb'; allowed: jsonl, tensorboard, mlflow"
+    ):
         tiny_trial(**{"train.trackers": "[wandb]"})
     plain, tb = tiny_trial(), tiny_trial(**{"train.trackers": "[tensorboard, jsonl]"})
     assert plain.train.trackers == ["jsonl"] and tb.train.trackers == ["jsonl", "tensorboard"]
@@ -122,3 +184,10 @@ def test_missing_tracker_library_names_the_extra(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setitem(sys.modules, module, None)  # makes importing it fail
     with pytest.raises(TrialError, match=r"scalinglab\[trackers\]"):
         build_trackers(["jsonl", "tensorboard"], tmp_path)
+
+
+def test_missing_mlflow_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    for module in ("mlflow", "mlflow.entities", "mlflow.tracking"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(TrialError, match=r"'mlflow' needs .*scalinglab\[trackers\]"):
+        build_trackers(["jsonl", "mlflow"], tmp_path)

@@ -346,7 +346,7 @@ class TrainConfig(_Strict):
     @field_validator("trackers")
     @classmethod
     def _known_trackers(cls, names: list[str]) -> list[str]:
-        allowed = ("jsonl", "tensorboard")
+        allowed = ("jsonl", "tensorboard", "mlflow")
         for name in names:
             if name not in allowed:
                 raise ValueError(f"unknown tracker {name!r}; allowed: {', '.join(allowed)}")

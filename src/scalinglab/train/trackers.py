@@ -2,24 +2,28 @@
 
 - `jsonl`: the run directory's metrics.jsonl (always on; the file the results store reads);
 - `tensorboard`: TensorBoard event files in `run_dir/tensorboard/` (the `trackers` extra);
+- `mlflow`: an MLflow run in the sqlite tracking store `run_dir/mlflow.db` (the `trackers` extra);
 - a progress display: `run_trial(..., progress=fn)` wraps `fn` as a tracker.
 
-The trial config selects the file backends (`train.trackers: [jsonl, tensorboard]`); trackers
-observe a run and never change it, so they are not part of the trial id. A record is a dict
+The trial config selects the file backends (`train.trackers: [jsonl, tensorboard, mlflow]`);
+trackers observe a run and never change it, so they are not part of the trial id. A record is a dict
 with `step`, `tokens`, `flops` and the metrics of that step (train_loss, eval_loss, ...).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from scalinglab import runfiles as rf
 from scalinglab.errors import TrialError
+from scalinglab.rundir import FINISHED, RunDir
 
 TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DB = "mlflow.db"
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -79,6 +83,13 @@ class ProgressTracker:
         pass
 
 
+def _numeric(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """The numeric fields of a record but `step` (what the file backends store)."""
+    for k, v in record.items():
+        if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+            yield k, float(v)
+
+
 class TensorBoardTracker:
     """TensorBoard event files in `directory`: every numeric field of a record but `step` as a
     scalar (tag = field name) at that step. On resume a session-start event at the restored
@@ -106,11 +117,7 @@ class TensorBoardTracker:
             )
 
     def log(self, step: int, record: dict[str, Any]) -> None:
-        values = [
-            self._summary.Summary.Value(tag=k, simple_value=float(v))
-            for k, v in record.items()
-            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)
-        ]
+        values = [self._summary.Summary.Value(tag=k, simple_value=v) for k, v in _numeric(record)]
         if values:
             summary = self._summary.Summary(value=values)
             self._writer.add_event(
@@ -121,7 +128,112 @@ class TensorBoardTracker:
         self._writer.close()
 
 
-TRACKERS = ("jsonl", "tensorboard")
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> {"model.d_model": "32", ...} (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, str) else json.dumps(v)
+    return out
+
+
+class MLflowTracker:
+    """One MLflow run per trial in the sqlite tracking store `run_dir/mlflow.db`: the config
+    (flattened) and parameter counts as params, every numeric field of a record as a metric at
+    its step, and at the end the run's status (FINISHED for done/diverged/stopped early, KILLED
+    when interrupted, FAILED otherwise; the run directory's own status in the tag
+    `scalinglab.status`). A resume continues the latest run and skips the steps it already
+    holds (the tag `scalinglab.last_step`); those it lacks up to the restored step, as when
+    the tracker is added to a half-done trial, are copied from metrics.jsonl. A trial that
+    starts again from step 0 gets a new run."""
+
+    LAST_STEP = "scalinglab.last_step"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        try:
+            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise TrialError(
+                "train.trackers: 'mlflow' needs the mlflow-skinny, sqlalchemy and alembic "
+                "packages; install them with pip install 'scalinglab[trackers]' (or "
+                "'.[trackers]' in a checkout)"
+            ) from None
+        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self._Client = MlflowClient
+        self.run_dir = Path(run_dir)
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.logged = -1  # the last step the run holds
+
+    def start(self, step: int, info: dict[str, Any]) -> None:
+        # An explicit client: no process-wide tracking URI or active run is set.
+        uri = "sqlite:///" + str((self.run_dir / MLFLOW_DB).resolve())
+        self.client = self._Client(tracking_uri=uri)
+        run = self._latest_run() if step else None
+        if run is None:
+            self.run_id, self.logged = self._new_run(info), -1
+        else:
+            self.run_id = run.info.run_id
+            self.logged = int(run.data.tags.get(self.LAST_STEP, -1))
+            self.client.update_run(self.run_id, status="RUNNING")
+        for record in rf.read_jsonl(self.run_dir / rf.METRICS):  # cut back to `step` already
+            self.log(record["step"], record)
+
+    def _new_run(self, info: dict[str, Any]) -> str:
+        """A run named after the run directory, in the experiment of that name, with params."""
+        name = self.run_dir.resolve().name
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            where = (self.run_dir / "mlflow-artifacts").resolve().as_uri()  # not the cwd
+            exp_id = self.client.create_experiment(name, artifact_location=where)
+        else:
+            exp_id = exp.experiment_id
+        run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+        counts = {"N": "total", "N_nonembed": "non_embedding", "N_embed": "embedding"}
+        params = {
+            **_flatten(info["config"]),
+            **{k: str(info[v]) for k, v in counts.items()},
+            "total_steps": str(info["total_steps"]),
+        }
+        items = [self._Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
+
+    def _latest_run(self) -> Any:
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(exps, max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        # The divergence marker repeats a logged step: its reason becomes a tag.
+        tags = []
+        if "diverged" in record:
+            tags.append(self._RunTag("scalinglab.diverged", str(record["diverged"])))
+        metrics = []
+        if step > self.logged:  # else replayed after a resume: the run holds it already
+            ms = int(time.time() * 1000)
+            metrics = [self._Metric(k, v, ms, step) for k, v in _numeric(record)]
+            tags.append(self._RunTag(self.LAST_STEP, str(step)))
+            self.logged = step
+        if metrics or tags:
+            self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+
+    def finish(self) -> None:
+        if self.run_id is None:  # ended before training started
+            return
+        status = RunDir(self.run_dir).status()
+        end = (
+            "FINISHED" if status in FINISHED else "KILLED" if status == "interrupted" else "FAILED"
+        )
+        self.client.set_tag(self.run_id, "scalinglab.status", status)
+        self.client.set_terminated(self.run_id, end)
+
+
+TRACKERS = ("jsonl", "tensorboard", "mlflow")
 
 
 def build_trackers(
@@ -135,6 +247,8 @@ def build_trackers(
     for name in dict.fromkeys(names):
         if name == "tensorboard":
             out.append(TensorBoardTracker(run_dir / TENSORBOARD_DIR))
+        elif name == "mlflow":
+            out.append(MLflowTracker(run_dir))
         elif name != "jsonl":
             raise TrialError(
                 f"train.trackers: unknown tracker {name!r}; allowed: {', '.join(TRACKERS)}"
