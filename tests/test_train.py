@@ -42,6 +42,9 @@ def test_run_directory_contract(tmp_path: Path) -> None:
     first, last = recs[0], recs[-1]
     assert last["train_loss"] < first["train_loss"]
     assert {"step", "tokens", "flops", "lr", "wall_s"} <= set(first)
+    evals = [r for r in recs if "eval_loss" in r]
+    assert all(r["eval_loss_se"] > 0 for r in evals)  # 2048 eval tokens: 8 batches of 8 x 32
+    assert summary["final_eval_loss_se"] == evals[-1]["eval_loss_se"]
     # A finished trial is not trained again.
     assert run_trial(cfg, tmp_path) == summary
 

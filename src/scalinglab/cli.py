@@ -61,7 +61,7 @@ def _root() -> None:
 
 
 class _TrainProgress:
-    """Rich progress bar fed by run_trial's progress events."""
+    """Rich progress bar: a tracker of run_trial (`scalinglab.train.trackers.Tracker`)."""
 
     def __init__(self) -> None:
         self.bar = Progress(
@@ -76,15 +76,15 @@ class _TrainProgress:
         )
         self.task: Any = None
 
-    def __call__(self, ev: dict[str, Any]) -> None:
-        if ev["event"] == "start":
-            self.task = self.bar.add_task(
-                "train", total=ev["total_steps"], completed=ev["step"], info=""
-            )
-            err.print(
-                f"params: total {ev['total']:,}  non-embedding {ev['non_embedding']:,}  "
-                f"embedding {ev['embedding']:,}"
-            )
+    def start(self, step: int, info: dict[str, Any]) -> None:
+        self.task = self.bar.add_task("train", total=info["total_steps"], completed=step, info="")
+        err.print(
+            f"params: total {info['total']:,}  non-embedding {info['non_embedding']:,}  "
+            f"embedding {info['embedding']:,}"
+        )
+
+    def log(self, step: int, ev: dict[str, Any]) -> None:
+        if "diverged" in ev:
             return
         parts = []
         if "train_loss" in ev:
@@ -93,7 +93,10 @@ class _TrainProgress:
             parts.append(f"eval {ev['eval_loss']:.3f}")
         if "tokens_per_s" in ev:
             parts.append(f"{ev['tokens_per_s']:,.0f} tok/s")
-        self.bar.update(self.task, completed=ev["step"], info="  ".join(parts))
+        self.bar.update(self.task, completed=step, info="  ".join(parts))
+
+    def finish(self) -> None:
+        pass
 
 
 @app.command()

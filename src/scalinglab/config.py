@@ -339,6 +339,28 @@ class TrainConfig(_Strict):
     flop_counting: Literal["kaplan", "full"] = "kaplan"
     # A train loss above divergence_factor * (initial loss) counts as a blow-up.
     divergence_factor: float = Field(3.0, gt=1.0)
+    # Where metrics go besides metrics.jsonl (always written); observation only, so trial ids
+    # leave it out (see OBSERVATION_FIELDS).
+    trackers: list[str] = ["jsonl"]
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        allowed = ("jsonl", "tensorboard", "mlflow")
+        for name in names:
+            if name not in allowed:
+                raise ValueError(f"unknown tracker {name!r}; allowed: {', '.join(allowed)}")
+        return list(dict.fromkeys(["jsonl", *names]))  # jsonl is always on
+
+
+# Config fields that change how a run is observed, never what it computes: trial ids and the
+# "same trial?" check of a run directory leave them out.
+OBSERVATION_FIELDS: dict[str, Any] = {"train": {"trackers"}}
+
+
+def results_dump(cfg: TrialConfig) -> dict[str, Any]:
+    """The config as JSON without OBSERVATION_FIELDS: what determines a trial's results."""
+    return cfg.model_dump(mode="json", exclude=OBSERVATION_FIELDS)
 
 
 class TrialConfig(_Strict):

@@ -18,15 +18,12 @@ from scalinglab.config import TrialConfig
 def load_params(run_dir: Path) -> tuple[TrialConfig, Any, int]:
     """(config, params, step) of a run directory's latest complete checkpoint.
 
-    The restore target is the trainer's abstract state (`train.state.abstract_state`), so the
-    checkpoint is read with exactly the shapes, dtypes and tree it was written with.
+    The checkpoint is read by `scalinglab.train.load_state` with exactly the shapes, dtypes
+    and tree it was written with.
     """
     from scalinglab import runfiles as rf
     from scalinglab.config import load_trial
-    from scalinglab.train import checkpoint as ckpt
-    from scalinglab.train import mesh as mesh_mod
-    from scalinglab.train.loop import build_trainer, plan_steps
-    from scalinglab.train.state import abstract_state
+    from scalinglab.train import load_state
 
     config = run_dir / rf.CONFIG
     if not config.exists():
@@ -34,14 +31,9 @@ def load_params(run_dir: Path) -> tuple[TrialConfig, Any, int]:
     cfg = load_trial(config)
     if cfg.model.family != "gpt":
         raise ValueError(f"generate needs a gpt run (model.family is {cfg.model.family!r})")
-    trainer = build_trainer(cfg, plan_steps(cfg))
-    sharding = mesh_mod.replicated(mesh_mod.data_mesh(1))
-    target = mesh_mod.with_sharding(abstract_state(trainer.task, trainer.tx), sharding)
-    manager = ckpt.open_manager(run_dir / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest(manager, target)
-    if restored is None:
+    state = load_state(cfg, run_dir)
+    if state is None:
         raise ValueError(f"{run_dir}: no checkpoint to restore")
-    state, _ = restored
     return cfg, state.params, int(state.step)
 
 

@@ -285,6 +285,7 @@ def status_cmd(
     ] = False,
 ) -> None:
     """Per-trial status, losses and errors of a sweep directory (running trials by lock)."""
+    from scalinglab.rundir import shown_status
     from scalinglab.sweep.locks import holder
     from scalinglab.sweep.store import load_runs
     from scalinglab.sweep.store import write_results as rebuild
@@ -299,13 +300,8 @@ def status_cmd(
     counts: dict[str, int] = {}
     for _, r in runs.iterrows():
         status = r["status"]
-        note = str(r.get("error") or "") if status not in ("done",) else ""
-        if status == "running" or status == "pending":
-            h = holder(Path(sweep_dir) / r["trial_id"])
-            if h is not None:
-                status, note = "running", f"{h.get('host')}:{h.get('pid')}"
-            elif status == "running":
-                status, note = "interrupted", "no live process holds it; re-run to resume"
+        h = holder(Path(sweep_dir) / r["trial_id"]) if status in ("running", "pending") else None
+        status, note = shown_status(status, r.get("error"), h)
         counts[status] = counts.get(status, 0) + 1
 
         def num(x: Any, fmt: str) -> str:

@@ -1,8 +1,9 @@
 """Where trials run: local worker processes, Ray tasks, or SLURM jobs through submitit.
 
-Every executor runs the same function, `execute_trial(spec)`, in a fresh or pooled worker
-process; it locks the trial, calls `scalinglab.train.run_trial` and returns an outcome dict.
-Executors only decide where, and report outcomes as they finish (`poll`).
+Every executor runs the same function, `scalinglab.sweep.worker.execute_trial(spec)`, in a
+fresh or pooled worker process; it locks the trial, calls `scalinglab.train.run_trial` and
+returns an outcome dict. Executors only decide where, and report outcomes as they finish
+(`poll`).
 
 This module does not import jax: the worker sets XLA's thread flags and the persistent
 compilation cache before jax creates its first backend in that process.
@@ -15,11 +16,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import socket
-import sys
 import time
-import traceback
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,145 +28,14 @@ from scalinglab.sweep.config import (
     RayExecutorConfig,
     SlurmExecutorConfig,
 )
-
-Spec = dict[str, Any]  # trial_id, config (JSON dict), run_dir, cache_dir, threads, retry_failed
-Outcome = dict[str, Any]  # trial_id, status, error, summary, wall_s, cache_hits, cache_misses
-
-_CACHE_EVENTS = {
-    "/jax/compilation_cache/cache_hits": "cache_hits",
-    "/jax/compilation_cache/cache_misses": "cache_misses",
-    "/jax/compilation_cache/compile_requests_use_cache": "compile_requests",
-}
-_counts: dict[str, int] = dict.fromkeys(_CACHE_EVENTS.values(), 0)
-_configured: dict[str, Any] = {}
-
-
-def xla_flags(threads: int | None) -> str:
-    """XLA_FLAGS that keep one worker to about `threads` cores.
-
-    XLA:CPU sizes its intra-op pool from the schedulable cores, but the work that pool gets in
-    a small model's step is dominated by Eigen's multi-threaded matmuls; switching those off
-    makes a worker use ~1 core, so K single-thread workers do not oversubscribe K cores.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-        flags = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
-    return flags
-
-
-def setup_worker(threads: int | None, cache_dir: str | None) -> None:
-    """Thread limits and the persistent compilation cache, once per worker process.
-
-    The thread flags only take effect if jax has not been imported yet in this process.
-    """
-    if _configured:
-        return
-    if threads is not None:
-        # XLA reads its flags when the first backend is created, not when jax is imported.
-        bridge = sys.modules.get("jax._src.xla_bridge")
-        if bridge is not None and getattr(bridge, "_backends", None):
-            warnings.warn("jax backend already running; thread limits not applied", stacklevel=2)
-        os.environ["XLA_FLAGS"] = xla_flags(threads)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    import jax
-    from jax import monitoring
-
-    if cache_dir is not None:
-        # Small models compile in well under the default 1 s threshold; cache them all, so a
-        # re-run (or a resumed trial, or a second seed) compiles nothing anew.
-        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-    def _count(event: str, **_: Any) -> None:
-        if event in _CACHE_EVENTS:
-            _counts[_CACHE_EVENTS[event]] += 1
-
-    monitoring.register_event_listener(_count)
-    _configured.update(threads=threads, cache_dir=cache_dir)
-
-
-def _mark_interrupted(run_dir: str, why: str) -> None:
-    from scalinglab import runfiles as rf
-
-    try:
-        old = rf.read_json(os.path.join(run_dir, rf.STATUS)) or {}
-        rf.write_json(
-            os.path.join(run_dir, rf.STATUS),
-            {**old, "status": "interrupted", "error": why, "updated": time.time()},
-        )
-    except OSError:
-        pass
-
-
-def execute_trial(spec: Spec) -> Outcome:
-    """Run one trial in this process: lock it, train (or resume) it, report the outcome.
-
-    Never raises for a trial's own failure: the error is in the outcome (and status.json), so
-    the sweep goes on. A trial locked by another live process is reported as "locked".
-    """
-    setup_worker(spec.get("threads"), spec.get("cache_dir"))
-    from scalinglab import runfiles as rf
-    from scalinglab.config import TrialConfig
-    from scalinglab.sweep.locks import TrialLock
-    from scalinglab.train import TrialInterrupted, run_trial
-
-    tid, run_dir = spec["trial_id"], spec["run_dir"]
-    out: Outcome = {"trial_id": tid, "pid": os.getpid(), "host": socket.gethostname()}
-    before = dict(_counts)
-    t0 = time.perf_counter()
-    lock = TrialLock(run_dir)
-    try:
-        if not lock.acquire():
-            return {**out, "status": "locked", "error": "trained by another process"}
-    except OSError as e:
-        return {
-            **out,
-            "status": "failed",
-            "error": f"RunDirError: {run_dir}: {e.strerror or e}",
-            "error_type": "RunDirError",
-        }
-    try:
-        status = rf.read_json(os.path.join(run_dir, rf.STATUS)) or {}
-        done = rf.read_json(os.path.join(run_dir, rf.SUMMARY))
-        if done is None and status.get("status") == "failed" and not spec.get("retry_failed"):
-            return {**out, "status": "failed", "error": status.get("error"), "skipped": True}
-        if done is not None:
-            return {**out, "status": done["status"], "summary": done, "skipped": True}
-        cfg = TrialConfig.model_validate(spec["config"])
-        summary = run_trial(cfg, run_dir)
-        out.update(status=summary["status"], summary=summary, error=summary.get("diverged"))
-    except TrialInterrupted as e:
-        out.update(status="interrupted", error=str(e))
-    except KeyboardInterrupt:
-        _mark_interrupted(run_dir, "interrupted; re-run to resume")
-        out.update(status="interrupted", error="KeyboardInterrupt")
-    except Exception as e:  # noqa: BLE001 - a failed trial must not stop the sweep
-        msg = str(e).splitlines()[0] if str(e) else ""
-        out.update(status="failed", error=f"{type(e).__name__}: {msg}", error_type=type(e).__name__)
-        if not isinstance(e, ValueError | OSError):
-            out["traceback"] = traceback.format_exc(limit=8)
-    finally:
-        lock.release()
-    out["wall_s"] = time.perf_counter() - t0
-    out.update({k: _counts[k] - before[k] for k in _counts})
-    return out
-
-
-def _init_local_worker() -> None:
-    # Ctrl-C reaches every process of the terminal's group: idle workers ignore it, and a
-    # training worker's run_trial installs its own handler (checkpoint, then stop).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        # Die with the runner (kill -9 included): a SIGTERM makes run_trial checkpoint and
-        # stop, so an orphan never keeps a trial locked while a new runner resumes the sweep.
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+from scalinglab.sweep.worker import (  # noqa: F401  (re-exported)
+    Outcome,
+    Spec,
+    execute_trial,
+    init_local_worker,
+    setup_worker,
+    xla_flags,
+)
 
 
 def _spec_temp_bytes(spec: Spec) -> int:
@@ -233,7 +99,7 @@ class LocalExecutor(Executor):
         return cf.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=mp.get_context("spawn"),
-            initializer=_init_local_worker,
+            initializer=init_local_worker,
         )
 
     def submit(self, specs: list[Spec]) -> None:

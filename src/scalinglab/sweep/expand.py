@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scalinglab.config import ConfigError, TrialConfig, format_validation_error
+from scalinglab.config import ConfigError, TrialConfig, format_validation_error, results_dump
 from scalinglab.sweep.config import SweepConfig, dotted_name
 
 BUDGET_KEY = "train.budget.flops"  # the swept key an IsoFLOP budget sets
@@ -34,10 +34,12 @@ class Trial:
 def trial_id(cfg: TrialConfig) -> str:
     """12 hex digits of sha256 over the resolved config's canonical JSON (sorted keys).
 
-    Any change of any field changes the id; an unchanged trial keeps its id across runs,
-    Python versions and sweeps, so an edited sweep re-trains only what is new.
+    Any change of a field that can change results changes the id; an unchanged trial keeps its
+    id across runs, Python versions and sweeps, so an edited sweep re-trains only what is new.
+    Observation-only fields (`train.trackers`: where metrics are sent) are left out, so adding
+    a tracker re-trains nothing.
     """
-    canon = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    canon = json.dumps(results_dump(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab import runfiles as rf
+from scalinglab.budget import Budget
 from scalinglab.config import TrialConfig
-from scalinglab.flops import flops_per_token, model_flops_per_step, param_counts
+from scalinglab.errors import TrialError
+from scalinglab.flops import model_flops_per_step, param_counts
+from scalinglab.rundir import FINISHED, RunDir
 from scalinglab.sweep.expand import Trial
 
 
@@ -81,8 +84,7 @@ def _probe_worker(configs: list[dict[str, Any]], threads: int | None, steps: int
     import jax
     import numpy as np
 
-    from scalinglab.train.loop import build_trainer
-    from scalinglab.train.state import init_state
+    from scalinglab.train import build_trainer, init_state
 
     out = []
     for raw in configs:
@@ -175,8 +177,6 @@ def plan(
     trials: list[Trial], sweep_dir: str | Path | None, step_model: StepModel | None
 ) -> list[PlanRow]:
     """The plan table's rows, with warnings for trials that cannot work."""
-    from scalinglab.train.loop import TrialError, plan_steps
-
     sizes = _data_sizes(trials)
     rows = []
     for t in trials:
@@ -184,11 +184,10 @@ def plan(
         counts = param_counts(cfg.model)
         warnings: list[str] = []
         try:
-            steps = plan_steps(cfg)
+            budget = Budget.of(cfg)
+            steps, tokens, flops = budget.steps, budget.tokens, budget.flops
         except TrialError as e:
-            steps, warnings = 0, [str(e)]
-        tokens = steps * cfg.train.batch_size * cfg.data.seq_len
-        fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.train.flop_counting)
+            steps, tokens, flops, warnings = 0, 0, 0.0, [str(e)]
         size = sizes[cfg.data.model_dump_json()]
         windows, n_val = size if isinstance(size, tuple) else (-1, -1)
         if isinstance(size, str):
@@ -204,12 +203,9 @@ def plan(
             warnings.append("validation split shorter than one sequence")
         status = "pending"
         if sweep_dir is not None:
-            run_dir = Path(sweep_dir) / t.trial_id
-            summary = rf.read_json(run_dir / rf.SUMMARY)
-            st = rf.read_json(run_dir / rf.STATUS) or {}
-            status = summary["status"] if summary else st.get("status", "pending")
+            status = RunDir(Path(sweep_dir) / t.trial_id).status()
         est = None
-        if step_model is not None and steps and status not in ("done", "diverged"):
+        if step_model is not None and steps and status not in FINISHED:
             est = estimate_s(cfg, steps, step_model)
         rows.append(
             PlanRow(
@@ -218,7 +214,7 @@ def plan(
                 counts["non_embedding"],
                 steps,
                 tokens,
-                fpt * tokens,
+                flops,
                 est,
                 status,
                 warnings,

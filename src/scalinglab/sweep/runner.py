@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab import runfiles as rf
+from scalinglab.budget import Budget
 from scalinglab.errors import SweepError  # noqa: F401  (re-exported)
-from scalinglab.flops import flops_per_token
+from scalinglab.rundir import FINISHED, RunDir
 from scalinglab.sweep import store
 from scalinglab.sweep.config import LocalExecutorConfig, SweepConfig
 from scalinglab.sweep.executors import Executor, Outcome, Spec, make_executor
 from scalinglab.sweep.expand import Trial
 
-FINISHED = ("done", "diverged", "stopped_early")
 LOCK_RETRY_S = 2.0  # wait between attempts on a trial another runner is training
 
 
@@ -80,24 +80,13 @@ def default_workers() -> int:
 
 def trial_flops(trial: Trial) -> float:
     """FLOPs (the config's counting) the trial will spend; 0 when it cannot run."""
-    from scalinglab.train.loop import TrialError, plan_steps
-
-    cfg = trial.config
-    try:
-        steps = plan_steps(cfg)
-    except TrialError:
-        return 0.0
-    fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.train.flop_counting)
-    return fpt * steps * cfg.train.batch_size * cfg.data.seq_len
+    budget = Budget.of_or_none(trial.config)
+    return budget.flops if budget is not None else 0.0
 
 
 def _steps(trial: Trial) -> int:
-    from scalinglab.train.loop import TrialError, plan_steps
-
-    try:
-        return plan_steps(trial.config)
-    except TrialError:
-        return 0
+    budget = Budget.of_or_none(trial.config)
+    return budget.steps if budget is not None else 0
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -162,22 +151,9 @@ def run_sweep(
     work = {t.trial_id: trial_flops(t) for t in trials}
     for t in trials:
         run_dir = sweep_dir / t.trial_id
-        summary = rf.read_json(run_dir / rf.SUMMARY)
-        status = rf.read_json(run_dir / rf.STATUS) or {}
-        if summary is not None:
-            result.outcomes[t.trial_id] = {
-                "trial_id": t.trial_id,
-                "status": summary["status"],
-                "summary": summary,
-                "skipped": True,
-            }
-        elif status.get("status") == "failed" and not retry_failed:
-            result.outcomes[t.trial_id] = {
-                "trial_id": t.trial_id,
-                "status": "failed",
-                "error": status.get("error"),
-                "skipped": True,
-            }
+        skip = RunDir(run_dir).skip(retry_failed)
+        if skip is not None:
+            result.outcomes[t.trial_id] = {"trial_id": t.trial_id, **skip, "skipped": True}
         else:
             specs[t.trial_id] = {
                 "trial_id": t.trial_id,

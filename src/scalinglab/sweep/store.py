@@ -17,6 +17,7 @@ import yaml
 from scalinglab import runfiles as rf
 from scalinglab.config import parse_model_config
 from scalinglab.flops import param_counts
+from scalinglab.rundir import RunDir
 
 RESULTS = "results.parquet"
 SWEEP_COPY = "sweep.yaml"
@@ -62,8 +63,8 @@ def _config(run_dir: Path) -> dict[str, Any]:
 
 def _row(run_dir: Path) -> dict[str, Any]:
     cfg = _config(run_dir)
-    status = rf.read_json(run_dir / rf.STATUS) or {}
-    summary = rf.read_json(run_dir / rf.SUMMARY)
+    rd = RunDir(run_dir)
+    status, summary = rd.status_record(), rd.summary()
     row: dict[str, Any] = {
         "trial_id": run_dir.name,
         "status": summary["status"] if summary else status.get("status", "pending"),
