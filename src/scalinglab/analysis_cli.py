@@ -53,7 +53,7 @@ def fit_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
-    from scalinglab.analysis.cache import enable_fit_cache, one_cache_warning
+    from scalinglab.analysis.cache import fit_cache
     from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
 
@@ -61,9 +61,8 @@ def fit_cmd(
         targets, chosen = parse_compute(compute), parse_approaches(approach)
     except ValueError as e:
         _fail(e)
-    path = enable_fit_cache(cache_dir)
-    try:
-        with one_cache_warning(path):
+    with fit_cache(cache_dir):  # the report's predictions are jitted programs too
+        try:
             study = run_study(
                 source,
                 law=law,
@@ -74,13 +73,13 @@ def fit_cmd(
                 seed=seed,
                 n_starts=starts,
             )
-    except (DataError, ValueError) as e:
-        _fail(e)
-    typer.echo(study.format())
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
-        typer.echo(f"wrote {json_file}")
+        except (DataError, ValueError) as e:
+            _fail(e)
+        typer.echo(study.format())
+        if json_file is not None:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
+            typer.echo(f"wrote {json_file}")
 
 
 def plot_cmd(
@@ -98,23 +97,22 @@ def plot_cmd(
     cache_dir: CacheDir = None,
 ) -> None:
     """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
-    from scalinglab.analysis.cache import enable_fit_cache, one_cache_warning
+    from scalinglab.analysis.cache import fit_cache
     from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.study import run_study
 
-    path = enable_fit_cache(cache_dir)
-    try:
-        with one_cache_warning(path):
+    with fit_cache(cache_dir):
+        try:
             study = run_study(
                 source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts
             )
-    except (DataError, ValueError) as e:
-        _fail(e)
-    from scalinglab.analysis.plots import plot_all  # matplotlib: only once the fit succeeded
+        except (DataError, ValueError) as e:
+            _fail(e)
+        from scalinglab.analysis.plots import plot_all  # matplotlib only once the fit succeeded
 
-    src = study.source
-    if out is None:
-        out = source / "plots" if source.is_dir() else source.with_name(f"{source.stem}_plots")
-    paths = plot_all(src.runs, out, study.fit, study.approaches, curves=src.curves)
+        src = study.source
+        if out is None:
+            out = source / "plots" if source.is_dir() else source.with_name(f"{source.stem}_plots")
+        paths = plot_all(src.runs, out, study.fit, study.approaches, curves=src.curves)
     for p in paths:
         typer.echo(f"wrote {p}")

@@ -56,12 +56,24 @@ def usable(path: Path) -> str | None:
     return None
 
 
-def enable_fit_cache(option: str | Path | None = None) -> Path | None:
-    """Turn JAX's persistent compilation cache on for this process; the directory used or None.
+_OPTIONS = (
+    "jax_enable_compilation_cache",
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
 
-    Every program is cached, however small or quick to compile (the fit's are both). Call it
-    before the first compilation. On an unusable directory, prints one ``warning:`` line on
-    stderr naming the setting and the directory, and leaves the cache off.
+
+@contextmanager
+def fit_cache(option: str | Path | None = None) -> Iterator[Path | None]:
+    """JAX's persistent compilation cache on for the ``with`` block; yields the directory or None.
+
+    Every program is cached, however small or quick to compile (the fit's are both). Enter
+    it before the first compilation. On an unusable directory, prints one ``warning:`` line
+    on stderr naming the setting and the directory, and the block runs uncached. Cache
+    read/write errors during the block are one line too (``one_cache_warning``). JAX's
+    previous settings are restored on exit, so a caller in the same process (a test, a
+    notebook) keeps its own.
     """
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
@@ -77,6 +89,7 @@ def enable_fit_cache(option: str | Path | None = None) -> Path | None:
             file=sys.stderr,
         )
         path = None
+    before = {name: getattr(jax.config, name) for name in _OPTIONS}
     if path is None:
         jax.config.update("jax_enable_compilation_cache", False)
     else:
@@ -85,7 +98,13 @@ def enable_fit_cache(option: str | Path | None = None) -> Path | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     cc.reset_cache()  # a cache opened earlier in this process (another directory) is dropped
-    return path
+    try:
+        with one_cache_warning(path):
+            yield path
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        cc.reset_cache()
 
 
 @contextmanager
