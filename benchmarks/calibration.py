@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,7 @@ def run_design(name: str, args: argparse.Namespace, starts: np.ndarray) -> dict[
     for r in range(args.replicates):
         df = pd.DataFrame({"N": N, "D": D, "loss": simulate(N, D, args.noise, rng)})
         fits.append(one_fit(df, args.bootstrap, args.seed + r, starts))
+        print(f"{name}: replicate {r + 1}/{args.replicates} fitted", file=sys.stderr, flush=True)
     out = summarise(fits, 0.95)
     out.update(
         design=name,
@@ -201,7 +203,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.starts is not None and args.starts < len(grid):
         grid = grid[np.unique(np.linspace(0, len(grid) - 1, args.starts).round().astype(int))]
     load0 = os.getloadavg()[0]
-    results = [run_design(d, args, grid) for d in (args.design or DESIGNS)]
+    results = []
+    for d in args.design or DESIGNS:
+        results.append(run_design(d, args, grid))
+        if args.json:  # written after every design, so a stopped run keeps what it finished
+            Path(args.json).write_text(json.dumps({"designs": results}, indent=2) + "\n")
     out = {
         "settings": {
             "replicates": args.replicates,

@@ -113,6 +113,11 @@ def run_scipy(starts: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, Any
     }
 
 
+def progress(msg: str) -> None:
+    """One line on stderr as each phase ends, so a run stopped early still says something."""
+    print(f"[{time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr)
+
+
 def run_command(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one command; its wall seconds, CPU seconds (user + sys of the child) and load."""
     load = os.getloadavg()[0]
@@ -126,12 +131,10 @@ def run_command(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         stderr = err.read().decode(errors="replace").strip()
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(argv[2:5])} exited {proc.returncode}: {stderr}")
-    return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "load_1min": load,
-        "stderr": stderr,
-    }
+    cpu = usage.ru_utime + usage.ru_stime
+    cache = argv[argv.index("--cache-dir") + 1] if "--cache-dir" in argv else "default"
+    progress(f"scalinglab fit (cache {cache}): {wall:.2f} s wall, {cpu:.2f} s CPU")
+    return {"wall_s": wall, "cpu_s": cpu, "load_1min": load, "stderr": stderr}
 
 
 def fit_command(table: Path, cache: str, args: argparse.Namespace, json_out: Path) -> list[str]:
@@ -208,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         n_entries = sum(1 for p in Path(cache).rglob("*") if p.is_file())
     load1 = os.getloadavg()[0]
     sp = run_scipy(grid, X, y)
+    progress(f"scipy: {sp['wall_s']:.2f} s wall, {sp['cpu_s']:.2f} s CPU")
     load2 = os.getloadavg()[0]
     w_wall = float(np.median([w["wall_s"] for w in warm]))
     w_cpu = float(np.median([w["cpu_s"] for w in warm]))
