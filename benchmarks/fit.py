@@ -1,18 +1,21 @@
-"""Benchmark: vmapped multi-start L-BFGS (scalinglab) against scipy's L-BFGS-B.
+"""Benchmark: the whole `scalinglab fit` command against scipy's L-BFGS-B over the same starts.
 
-Both minimise the same objective (sum of Huber losses, delta 1e-3, of
-log-loss residuals; log-sum-exp parametrisation) from the same start grid
-(Hoffmann et al.'s 4,500 starts by default) on the same synthetic Chinchilla
-data, in the same process. scipy gets an analytic numpy gradient, the same
-history size (10), iteration cap and tolerances. Also timed: a 1,000-resample
-bootstrap, and optionally optax.lbfgs vmapped over a subset of the starts.
+Writes a synthetic Chinchilla table (12 IsoFLOP budgets x 20 sizes = 240 runs by default,
+known parameters, 1% multiplicative noise) and times `scalinglab fit TABLE --bootstrap B`
+as a subprocess: once cold (a fresh, empty compilation cache) and `--repeats` times warm
+(the same cache). The reference is scipy's L-BFGS-B minimising the same objective (sum of
+Huber losses, delta 1e-3, of log-loss residuals; log-sum-exp parametrisation; analytic
+gradient, history 10, the same iteration cap and tolerances) from the same start grid
+(Hoffmann et al.'s 4,500 starts) on the same data, in this process, optimiser time only.
+Also timed in this process: the library fit (`scalinglab.fit_chinchilla`) first call and
+repeat, without and with bootstrap.
 
-    python benchmarks/fit.py                 # full grid, ~2 minutes on 2 cores
-    python benchmarks/fit.py --starts 1000   # quicker
-    python benchmarks/fit.py --optax 500     # add optax.lbfgs on 500 starts
+    python benchmarks/fit.py                            # ~1-2 min on 2 idle cores
+    python benchmarks/fit.py --repeats 5 --json out.json
+    python benchmarks/fit.py --quick                    # seconds; the smoke test
 
-Targets (2 CPU cores): same best objective within 1e-6 relative, >= 10x
-faster than scipy over >= 1,000 starts, 1,000-resample bootstrap < 30 s.
+Target: warm whole command >= 10x faster than scipy. The machine may be shared: the 1-minute
+load average is recorded around every phase and CPU seconds are reported beside wall seconds.
 """
 
 from __future__ import annotations
@@ -21,29 +24,29 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
-from functools import partial
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy
-import scipy.optimize
-
-from scalinglab.analysis import fit as F
-from scalinglab.analysis.laws import CHINCHILLA
 
 DELTA, MAX_ITER, GTOL, FTOL, MEMORY = 1e-3, 500, 1e-9, 1e-13, 10
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
-def make_data(noise: float = 0.02, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """9 IsoFLOP budgets (1e18..1e22 FLOPs) x 12 sizes, 2% multiplicative noise."""
+def make_data(
+    budgets: int = 12, sizes: int = 20, noise: float = 0.01, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """IsoFLOP grid: ``budgets`` budgets 1e18..1e22 FLOPs x ``sizes`` sizes around N_opt."""
     rng = np.random.default_rng(seed)
     N, D = [], []
-    for C in np.logspace(18, 22, 9):
+    for C in np.logspace(18, 22, budgets):
         n_opt = 0.6 * (C / 6) ** 0.5
-        for f in np.logspace(-1, 1, 12):
+        for f in np.logspace(-1, 1, sizes):
             N.append(n_opt * f)
             D.append(C / (6 * n_opt * f))
     N, D = np.array(N), np.array(D)
@@ -78,206 +81,240 @@ def numpy_objective(raw, logN, logD, logy):
     return f, g
 
 
-def run_scipy(starts, logX, logy):
-    logN, logD = logX[:, 0], logX[:, 1]
-    opts = {"maxiter": MAX_ITER, "gtol": GTOL, "ftol": FTOL, "maxcor": MEMORY}
-    vals, xs, nit = [], [], []
-    for x0 in starts:
-        res = scipy.optimize.minimize(
-            numpy_objective,
-            x0,
-            args=(logN, logD, logy),
-            jac=True,
-            method="L-BFGS-B",
-            options=opts,
-        )
-        vals.append(res.fun)
-        xs.append(res.x)
-        nit.append(res.nit)
-    return np.array(vals), np.array(xs), np.array(nit)
+def start_grid(n: int | None) -> np.ndarray:
+    """Hoffmann's 4,500-start grid, thinned evenly to about ``n`` rows like ``--starts``."""
+    e, step5, half = (-1.0, -0.5, 0.0, 0.5, 1.0), np.arange(0.0, 26.0, 5.0), np.arange(5) / 2
+    mesh = np.meshgrid(e, step5, step5, half, half, indexing="ij")
+    grid = np.stack([m.ravel() for m in mesh], axis=1)
+    if n is None or n >= len(grid):
+        return grid
+    return grid[np.unique(np.linspace(0, len(grid) - 1, n).round().astype(int))]
 
 
-def run_optax(starts, logX, logy):
-    """optax.lbfgs (zoom line search) in a vmapped while_loop: the design we measured first."""
-    import optax
+def run_scipy(
+    starts: np.ndarray, X: np.ndarray, y: np.ndarray, blas_threads: int = 1
+) -> dict[str, Any]:
+    """scipy L-BFGS-B from every start; wall and CPU seconds of the loop, best objective.
 
-    def one(x0):
-        fun = partial(F.objective, logX=logX, logy=logy, weights=jnp.ones_like(logy), delta=DELTA)
-        opt = optax.lbfgs(memory_size=MEMORY)
-        vg = optax.value_and_grad_from_state(fun)
+    ``blas_threads`` limits the BLAS pool during the loop (0: the library's default). One
+    thread is scipy's best setting for 5 parameters: L-BFGS-B's tiny BLAS calls otherwise
+    wake a thread pool each time, which measured 13x slower on a loaded 2-core machine
+    (17.2 s against 1.3 s for 100 starts).
+    """
+    import contextlib
 
-        def body(c):
-            x, st = c
-            v, g = vg(x, state=st)
-            u, st = opt.update(g, st, x, value=v, grad=g, value_fn=fun)
-            return optax.apply_updates(x, u), st
+    import scipy.optimize
 
-        def cond(c):
-            _, st = c
-            k = optax.tree_utils.tree_get(st, "count")
-            g = optax.tree_utils.tree_get(st, "grad")
-            return (k == 0) | ((k < MAX_ITER) & (jnp.max(jnp.abs(g)) > GTOL))
-
-        x, _ = jax.lax.while_loop(cond, body, (x0, opt.init(x0)))
-        return x, fun(x)
-
-    return jax.jit(jax.vmap(one))(starts)
-
-
-def timed(fn, *args):
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--starts", type=int, default=4500, help="starts (thinned Hoffmann grid)")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--optax", type=int, default=0, help="also time optax.lbfgs on this many")
-    ap.add_argument("--json", default=None, help="write the results here")
-    args = ap.parse_args()
-
-    load_start = os.getloadavg()[0]
-    X, y = make_data()
-    logX, logy = np.log(X), np.log(y)
-    grid = CHINCHILLA.start_grid()
-    if args.starts < len(grid):
-        grid = grid[np.unique(np.linspace(0, len(grid) - 1, args.starts).round().astype(int))]
-    S = len(grid)
-    run = partial(
-        F.multistart,
-        CHINCHILLA,
-        logX,
-        logy,
-        grid,
-        delta=DELTA,
-        max_iter=MAX_ITER,
-        gtol=GTOL,
-        ftol=FTOL,
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not installed: the library default, reported as such
+        threadpool_limits, blas_threads = None, 0
+    limit = (
+        threadpool_limits(limits=blas_threads, user_api="blas")
+        if blas_threads and threadpool_limits
+        else contextlib.nullcontext()
     )
-    res, t_cold = timed(run)
-    warm = [timed(run)[1] for _ in range(3)]
-    t_warm = float(np.median(warm))
-    jax_vals = np.where(np.isfinite(res["value"]), res["value"], np.inf)
 
-    sp_vals, sp_x, sp_nit = None, None, None
-    t0 = time.perf_counter()
-    sp_vals, sp_x, sp_nit = run_scipy(grid, logX, logy)
-    t_scipy = time.perf_counter() - t0
+    logN, logD, logy = np.log(X[:, 0]), np.log(X[:, 1]), np.log(y)
+    opts = {"maxiter": MAX_ITER, "gtol": GTOL, "ftol": FTOL, "maxcor": MEMORY}
+    vals, nit = [], []
+    w0, c0 = time.perf_counter(), time.process_time()
+    with limit:
+        for x0 in starts:
+            res = scipy.optimize.minimize(
+                numpy_objective,
+                x0,
+                args=(logN, logD, logy),
+                jac=True,
+                method="L-BFGS-B",
+                options=opts,
+            )
+            vals.append(res.fun)
+            nit.append(res.nit)
+    return {
+        "blas_threads": blas_threads or "default",
+        "wall_s": time.perf_counter() - w0,
+        "cpu_s": time.process_time() - c0,
+        "best_objective": float(np.min(vals)),
+        "iters_median": float(np.median(nit)),
+    }
 
-    best_j, best_s = jax_vals.min(), sp_vals.min()
-    rel = abs(best_j - best_s) / abs(best_s)
-    at_best = lambda v, b: int(np.sum(v <= b * (1 + 1e-6)))  # noqa: E731
 
-    fit0 = F.fit_law(CHINCHILLA, X, y, starts=grid)
-    t0 = time.perf_counter()
-    F.fit_law(CHINCHILLA, X, y, starts=grid, bootstrap=args.bootstrap)
-    t_boot_total_cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fitb = F.fit_law(CHINCHILLA, X, y, starts=grid, bootstrap=args.bootstrap)
-    t_boot_total_warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    F.fit_law(CHINCHILLA, X, y, starts=grid)
-    t_fit_only = time.perf_counter() - t0
+def progress(msg: str) -> None:
+    """One line on stderr as each phase ends, so a run stopped early still says something."""
+    print(f"[{time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr)
 
-    out = {
+
+def run_command(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run one command; its wall seconds, CPU seconds (user + sys of the child) and load."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace").strip()
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(argv[2:5])} exited {proc.returncode}: {stderr}")
+    cpu = usage.ru_utime + usage.ru_stime
+    cache = argv[argv.index("--cache-dir") + 1] if "--cache-dir" in argv else "default"
+    progress(f"scalinglab fit (cache {cache}): {wall:.2f} s wall, {cpu:.2f} s CPU")
+    return {"wall_s": wall, "cpu_s": cpu, "load_1min": load, "stderr": stderr}
+
+
+def fit_command(table: Path, cache: str, args: argparse.Namespace, json_out: Path) -> list[str]:
+    """The `scalinglab fit` command line (run with this interpreter)."""
+    argv = [sys.executable, "-m", "scalinglab.cli", "fit", str(table)]
+    argv += ["--bootstrap", str(args.bootstrap), "--cache-dir", cache, "--json", str(json_out)]
+    if args.starts is not None:
+        argv += ["--starts", str(args.starts)]
+    if args.approach:
+        argv += ["--approach", args.approach]
+    return argv
+
+
+def in_process(X: np.ndarray, y: np.ndarray, grid: np.ndarray, bootstrap: int) -> dict[str, Any]:
+    """The library fit in this process: first call (compiles) and repeat, +- bootstrap."""
+    import pandas as pd
+
+    import scalinglab
+
+    df = pd.DataFrame({"N": X[:, 0], "D": X[:, 1], "loss": y})
+    out = {}
+    for key, b in (("fit", 0), ("fit_bootstrap", bootstrap)):
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fit = scalinglab.fit_chinchilla(df, bootstrap=b, starts=grid)
+            times.append(time.perf_counter() - t0)
+        out[f"{key}_first_s"], out[f"{key}_repeat_s"] = times
+        out["objective"] = fit.loss
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write ``--json``; returns the results."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budgets", type=int, default=12, help="IsoFLOP budgets in the table")
+    ap.add_argument("--sizes", type=int, default=20, help="model sizes per budget")
+    ap.add_argument("--starts", type=int, default=None, help="thin the 4,500-start grid")
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--approach", default=None, help="passed to `scalinglab fit --approach`")
+    ap.add_argument("--repeats", type=int, default=3, help="warm command runs (median)")
+    ap.add_argument(
+        "--scipy-blas-threads", type=int, default=1, help="BLAS threads for scipy (0: default)"
+    )
+    ap.add_argument("--no-in-process", action="store_true", help="skip the library timings")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.budgets, args.sizes, args.starts = 3, 8, args.starts or 20
+        args.bootstrap, args.repeats = min(args.bootstrap, 10), 1
+        args.approach = args.approach or "3"
+        args.no_in_process = True
+
+    X, y = make_data(args.budgets, args.sizes)
+    grid = start_grid(args.starts)
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="scalinglab-fit-bench-") as tmp:
+        table = Path(tmp) / "runs.csv"
+        rows = zip(X[:, 0], X[:, 1], y, strict=True)
+        lines = ["N,D,loss"] + [f"{n:.17g},{d:.17g},{v:.17g}" for n, d, v in rows]
+        table.write_text("\n".join(lines) + "\n")
+        cache = str(Path(tmp) / "jax-cache")
+        out_json = Path(tmp) / "fit.json"
+        cold = run_command(fit_command(table, cache, args, out_json), env)
+        warm = [
+            run_command(fit_command(table, cache, args, out_json), env)
+            for _ in range(max(args.repeats, 1))
+        ]
+        nocache = None
+        if not args.quick:
+            nocache = run_command(fit_command(table, "off", args, out_json), env)
+        fit_out = json.loads(out_json.read_text())
+        n_entries = sum(1 for p in Path(cache).rglob("*") if p.is_file())
+    load1 = os.getloadavg()[0]
+    sp = run_scipy(grid, X, y, args.scipy_blas_threads)
+    progress(f"scipy: {sp['wall_s']:.2f} s wall, {sp['cpu_s']:.2f} s CPU")
+    load2 = os.getloadavg()[0]
+    w_wall = float(np.median([w["wall_s"] for w in warm]))
+    w_cpu = float(np.median([w["cpu_s"] for w in warm]))
+    result: dict[str, Any] = {
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "jax": jax.__version__,
-            "scipy": scipy.__version__,
-            "numpy": np.__version__,
-            # Other processes share the cores: timings are only comparable within one run.
-            "load_avg_1min_start_end": [load_start, os.getloadavg()[0]],
+            "python": platform.python_version(),
+            "load_1min_start_commands_scipy_end": [load0, load1, load2],
         },
         "n_points": len(y),
-        "n_starts": S,
-        "jax_cold_s": t_cold,
-        "jax_warm_s": t_warm,
-        "scipy_s": t_scipy,
-        "speedup_warm": t_scipy / t_warm,
-        "speedup_cold": t_scipy / t_cold,
-        "best_objective_jax": float(best_j),
-        "best_objective_scipy": float(best_s),
-        "best_objective_rel_diff": float(rel),
-        "starts_at_best_jax": at_best(jax_vals, best_s),
-        "starts_at_best_scipy": at_best(sp_vals, best_s),
-        "jax_iters_median": float(np.median(res["n_iter"])),
-        "scipy_iters_median": float(np.median(sp_nit)),
-        "param_max_rel_diff": float(
-            np.max(
-                np.abs(res["x"][np.argmin(jax_vals)] - sp_x[np.argmin(sp_vals)])
-                / np.abs(sp_x[np.argmin(sp_vals)])
-            )
-        ),
-        "bootstrap_resamples": args.bootstrap,
-        "bootstrap_s_cold": t_boot_total_cold - t_fit_only,
-        "bootstrap_s_warm": t_boot_total_warm - t_fit_only,
-        "bootstrap_failed": fitb.diagnostics.bootstrap_failed,
-        "fit_params": fit0.params,
+        "n_starts": len(grid),
+        "bootstrap": args.bootstrap,
+        "approach": args.approach or "1,2,3",
+        "command_cold": cold,
+        "command_warm": warm,
+        "command_no_cache": nocache,
+        "command_warm_wall_s": w_wall,
+        "command_warm_cpu_s": w_cpu,
+        "cache_entries": n_entries,
+        "scipy": sp,
+        "speedup_warm": sp["wall_s"] / w_wall,
+        "speedup_cold": sp["wall_s"] / cold["wall_s"],
+        "speedup_no_cache": sp["wall_s"] / nocache["wall_s"] if nocache else None,
+        "speedup_warm_cpu": sp["cpu_s"] / w_cpu,
+        "objective_command": float(fit_out["loss"]),
+        "objective_rel_diff": abs(float(fit_out["loss"]) - sp["best_objective"])
+        / abs(sp["best_objective"]),
     }
-    if args.optax:
-        sub = grid[np.unique(np.linspace(0, S - 1, args.optax).round().astype(int))]
-        with jax.enable_x64(True):
-            o_args = (jnp.asarray(sub), jnp.asarray(logX), jnp.asarray(logy))
-            t0 = time.perf_counter()
-            ox, ov = run_optax(*o_args)
-            jax.block_until_ready(ov)
-            out["optax_cold_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            jax.block_until_ready(run_optax(*o_args))
-            out["optax_warm_s"] = time.perf_counter() - t0
-        ours = partial(
-            F.multistart,
-            CHINCHILLA,
-            logX,
-            logy,
-            sub,
-            delta=DELTA,
-            max_iter=MAX_ITER,
-            gtol=GTOL,
-            ftol=FTOL,
-        )
-        timed(ours)  # compile for this shape
-        out["ours_same_subset_s"] = timed(ours)[1]
-        out["optax_starts"] = len(sub)
-        out["optax_best_objective"] = float(np.nanmin(np.asarray(ov)))
-
-    print(report(out))
+    if not args.no_in_process:
+        result["in_process"] = in_process(X, y, grid, args.bootstrap)
+    print(report(result))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
-def report(r: dict) -> str:
-    m = r["machine"]
+def report(r: dict[str, Any]) -> str:
+    """Markdown table of one run."""
+    m, sp = r["machine"], r["scipy"]
+    c, n = r["command_cold"], r["command_no_cache"]
+    warm = ", ".join(f"{w['wall_s']:.2f}" for w in r["command_warm"])
+    loads = ", ".join(f"{v:.1f}" for v in m["load_1min_start_commands_scipy_end"])
     rows = [
-        f"data: {r['n_points']} runs; {r['n_starts']} starts; {m['cpu_count']} CPU cores "
-        f"({m['processor']}); jax {m['jax']}, scipy {m['scipy']}; 1-min load average "
-        f"{m['load_avg_1min_start_end'][0]:.1f} at start, "
-        f"{m['load_avg_1min_start_end'][1]:.1f} at end",
+        f"data: {r['n_points']} runs, {r['n_starts']} starts, {r['bootstrap']} bootstrap"
+        f" resamples, approaches {r['approach']}; {m['cpu_count']} CPU cores"
+        f" ({m['processor']}); 1-min load average {loads} (start, after commands, after scipy)",
         "",
-        "| | scalinglab (vmapped L-BFGS, jax) | scipy L-BFGS-B (loop) |",
-        "| --- | --- | --- |",
-        f"| time, {r['n_starts']} starts | {r['jax_warm_s']:.2f} s warm, "
-        f"{r['jax_cold_s']:.2f} s incl. compile | {r['scipy_s']:.1f} s |",
-        f"| speed-up | {r['speedup_warm']:.1f}x warm, {r['speedup_cold']:.1f}x incl. compile"
-        " | 1x |",
-        f"| best objective | {r['best_objective_jax']:.12g} | {r['best_objective_scipy']:.12g} |",
-        f"| relative difference | {r['best_objective_rel_diff']:.1e} | |",
-        f"| starts reaching best (1e-6) | {r['starts_at_best_jax']} |"
-        f" {r['starts_at_best_scipy']} |",
-        f"| median iterations per start | {r['jax_iters_median']:.0f} | "
-        f"{r['scipy_iters_median']:.0f} |",
-        f"| bootstrap, {r['bootstrap_resamples']} resamples | {r['bootstrap_s_warm']:.2f} s warm, "
-        f"{r['bootstrap_s_cold']:.2f} s incl. compile | |",
+        "| | wall s | CPU s | vs scipy (wall) |",
+        "| --- | --- | --- | --- |",
+        f"| `scalinglab fit`, warm cache (median of {len(r['command_warm'])}: {warm}) |"
+        f" {r['command_warm_wall_s']:.2f} | {r['command_warm_cpu_s']:.2f} |"
+        f" **{r['speedup_warm']:.1f}x** |",
+        f"| `scalinglab fit`, cold (empty cache, {r['cache_entries']} entries written) |"
+        f" {c['wall_s']:.2f} | {c['cpu_s']:.2f} | {r['speedup_cold']:.1f}x |",
+        f"| `scalinglab fit --cache-dir off` | {n['wall_s']:.2f} | {n['cpu_s']:.2f} |"
+        f" {r['speedup_no_cache']:.1f}x |"
+        if n
+        else "| `scalinglab fit --cache-dir off` | not run (--quick) | | |",
+        f"| scipy L-BFGS-B, same starts (loop only; BLAS threads {sp['blas_threads']}) |"
+        f" {sp['wall_s']:.2f} |"
+        f" {sp['cpu_s']:.2f} | 1x |",
+        "",
+        f"best objective: command {r['objective_command']:.12g}, scipy"
+        f" {sp['best_objective']:.12g} (relative difference {r['objective_rel_diff']:.1e});"
+        f" CPU-time ratio warm {r['speedup_warm_cpu']:.1f}x",
     ]
-    if "optax_warm_s" in r:
+    if "in_process" in r:
+        p = r["in_process"]
         rows.append(
-            f"| optax.lbfgs, {r['optax_starts']} starts | {r['optax_warm_s']:.2f} s warm, "
-            f"{r['optax_cold_s']:.2f} s incl. compile (ours, same starts: "
-            f"{r['ours_same_subset_s']:.2f} s warm) | |"
+            f"in process (`fit_chinchilla`): fit {p['fit_first_s']:.2f} s first call,"
+            f" {p['fit_repeat_s']:.2f} s repeat; with {r['bootstrap']} bootstrap"
+            f" {p['fit_bootstrap_first_s']:.2f} s first, {p['fit_bootstrap_repeat_s']:.2f} s repeat"
         )
     return "\n".join(rows)
 

@@ -1,7 +1,9 @@
 """The ``fit`` and ``plot`` commands; ``scalinglab.cli`` registers them.
 
 They parse arguments, call ``analysis.study`` and print or write; a bad input
-ends in one ``error:`` line on stderr, exit status 2, and no file written. The module lives
+ends in one ``error:`` line on stderr, exit status 2, and no file written. Both turn on the
+persistent compilation cache of ``analysis.cache`` first, so a second call loads the fit's
+compiled programs instead of compiling them again. The module lives
 outside ``scalinglab.analysis`` and imports it inside the commands: the analysis package
 imports pandas, whose pyarrow starts a thread, and ``scalinglab train`` must choose its
 allocator settings before any thread allocates (``scalinglab.hostmem``).
@@ -17,6 +19,12 @@ import typer
 
 SOURCE_HELP = "CSV/Parquet table (columns N, D, loss, optional C) or a sweep run directory"
 COLUMNS_HELP = "map other column names, e.g. N=params,D=tokens,loss=val_loss"
+CACHE_HELP = (
+    "JAX compilation cache for the fit programs, 'off' to disable"
+    " [default: $SCALINGLAB_FIT_CACHE, else $XDG_CACHE_HOME/scalinglab/jax or"
+    " ~/.cache/scalinglab/jax]"
+)
+CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP, show_default=False)]
 
 
 def _fail(e: Exception) -> None:
@@ -42,29 +50,36 @@ def fit_cmd(
     starts: Annotated[
         int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
     ] = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
+    from scalinglab.analysis.cache import fit_cache
     from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
 
     try:
-        study = run_study(
-            source,
-            law=law,
-            approaches=parse_approaches(approach),
-            bootstrap=bootstrap,
-            columns=columns,
-            targets=parse_compute(compute),
-            seed=seed,
-            n_starts=starts,
-        )
-    except (DataError, ValueError) as e:
+        targets, chosen = parse_compute(compute), parse_approaches(approach)
+    except ValueError as e:
         _fail(e)
-    typer.echo(study.format())
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
-        typer.echo(f"wrote {json_file}")
+    with fit_cache(cache_dir):  # the report's predictions are jitted programs too
+        try:
+            study = run_study(
+                source,
+                law=law,
+                approaches=chosen,
+                bootstrap=bootstrap,
+                columns=columns,
+                targets=targets,
+                seed=seed,
+                n_starts=starts,
+            )
+        except (DataError, ValueError) as e:
+            _fail(e)
+        typer.echo(study.format())
+        if json_file is not None:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
+            typer.echo(f"wrote {json_file}")
 
 
 def plot_cmd(
@@ -79,19 +94,25 @@ def plot_cmd(
     starts: Annotated[
         int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
     ] = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
+    from scalinglab.analysis.cache import fit_cache
     from scalinglab.analysis.fit import DataError
-    from scalinglab.analysis.plots import plot_all
     from scalinglab.analysis.study import run_study
 
-    try:
-        study = run_study(source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts)
-    except (DataError, ValueError) as e:
-        _fail(e)
-    src = study.source
-    if out is None:
-        out = source / "plots" if source.is_dir() else source.with_name(f"{source.stem}_plots")
-    paths = plot_all(src.runs, out, study.fit, study.approaches, curves=src.curves)
+    with fit_cache(cache_dir):
+        try:
+            study = run_study(
+                source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts
+            )
+        except (DataError, ValueError) as e:
+            _fail(e)
+        from scalinglab.analysis.plots import plot_all  # matplotlib only once the fit succeeded
+
+        src = study.source
+        if out is None:
+            out = source / "plots" if source.is_dir() else source.with_name(f"{source.stem}_plots")
+        paths = plot_all(src.runs, out, study.fit, study.approaches, curves=src.curves)
     for p in paths:
         typer.echo(f"wrote {p}")
