@@ -54,20 +54,16 @@ def generate_cmd(
     from scalinglab.data import decode, encode
     from scalinglab.models.generate import generate
 
-    try:
-        cfg, params, step = load_params(run_dir)
-        prompt_1xT = jnp.asarray(encode(prompt), jnp.int32)[None]
-        out = generate(
-            cfg.model,
-            params,
-            prompt_1xT,
-            max_new_tokens,
-            key=jax.random.key(seed),
-            temperature=temperature,
-            top_k=top_k,
-        )
-    except (ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    cfg, params, step = load_params(run_dir)
+    prompt_1xT = jnp.asarray(encode(prompt), jnp.int32)[None]
+    out = generate(
+        cfg.model,
+        params,
+        prompt_1xT,
+        max_new_tokens,
+        key=jax.random.key(seed),
+        temperature=temperature,
+        top_k=top_k,
+    )
     typer.echo(f"[step {step}]", err=True)
     typer.echo(decode(jax.device_get(out[0])))

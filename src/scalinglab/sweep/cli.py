@@ -18,18 +18,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from scalinglab.errors import ConfigError
+
 sweep_app = typer.Typer(
     help="Plan, run and inspect sweeps of trials.", no_args_is_help=True, add_completion=False
 )
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # tables are not cut in logs
-
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError)
-
-
-def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _fmt_s(s: float | None) -> str:
@@ -53,10 +48,7 @@ def _out_dir(out_opt: Path | None, name: str) -> Path:
 def _load(sweep_file: Path) -> Any:
     from scalinglab.sweep import load_sweep
 
-    try:
-        return load_sweep(sweep_file)
-    except USER_ERRORS as e:
-        _fail(e)
+    return load_sweep(sweep_file)
 
 
 OutOpt = Annotated[
@@ -228,16 +220,14 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Train every trial of the sweep; re-running skips done trials and resumes the rest."""
-    from scalinglab.sweep import SweepError, SweepInterrupted, run_sweep
+    from scalinglab.sweep import SweepInterrupted, run_sweep
     from scalinglab.sweep.config import EXECUTORS, sweep_from_dict
 
     sweep, trials = _load(sweep_file)
     if executor is not None and executor != sweep.executor.name:
         if executor not in EXECUTORS:
-            _fail(
-                ValueError(
-                    f"--executor: {executor!r} not allowed; expected one of {', '.join(EXECUTORS)}"
-                )
+            raise ConfigError(
+                f"--executor: {executor!r} not allowed; expected one of {', '.join(EXECUTORS)}"
             )
         data = sweep.model_dump()
         data["executor"] = {"name": executor}
@@ -259,8 +249,6 @@ def run_cmd(
     except SweepInterrupted as e:
         err.print(f"[yellow]{e}[/]; re-run the same command to resume")
         raise typer.Exit(130) from None
-    except (SweepError, *USER_ERRORS) as e:
-        _fail(e)
     counts = {s: result.count(s) for s in ("done", "diverged", "stopped_early", "failed")}
     err.print(
         f"{len(result.outcomes)} trials: "
@@ -290,10 +278,7 @@ def status_cmd(
     from scalinglab.sweep.store import load_runs
     from scalinglab.sweep.store import write_results as rebuild
 
-    try:
-        runs = load_runs(sweep_dir)
-    except USER_ERRORS as e:
-        _fail(e)
+    runs = load_runs(sweep_dir)
     table = Table(title=f"{sweep_dir}: {len(runs)} trials")
     for col in ("trial", "status", "N", "D", "C", "loss", "attempts", "note"):
         table.add_column(col, justify="left" if col in ("trial", "status", "note") else "right")
@@ -320,7 +305,4 @@ def status_cmd(
     out.print(table)
     out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
     if write_results:
-        try:
-            out.print(f"wrote {rebuild(sweep_dir)}")
-        except USER_ERRORS as e:
-            _fail(e)
+        out.print(f"wrote {rebuild(sweep_dir)}")
