@@ -14,13 +14,13 @@ import pytest
 from conftest import tiny_trial
 from scalinglab import runfiles as rf
 from scalinglab.config import ACTIVATIONS, BertConfig, ConfigError, T5Config
+from scalinglab.families.bert import MaskedLM, mask_token_id, mlm_mask
+from scalinglab.families.t5 import SpanCorruption, noise_spans, span_corrupt, span_layout, t5_vocab
 from scalinglab.flops import flops_per_token, param_counts
 from scalinglab.models import build_model, count_params
 from scalinglab.models.attention import FeedForward, relative_position_bucket
-from scalinglab.models.bert import mask_token_id
-from scalinglab.models.t5 import T5, noise_spans, span_corrupt, span_layout, t5_vocab
+from scalinglab.models.t5 import T5
 from scalinglab.train import run_trial
-from scalinglab.train.tasks import MaskedLM, SpanCorruption, mlm_mask
 
 B, T = 2, 8
 S, U = 7, 5  # T5 encoder and decoder lengths in the model tests

@@ -206,8 +206,6 @@ def test_sequences_shorter_than_the_table_and_too_long() -> None:
 def test_registry_errors() -> None:
     with pytest.raises(ValueError, match="allowed: gpt"):
         build_model(ModelConfig.model_construct(**{**tiny().model_dump(), "family": "rnn"}))
-    with pytest.raises(NotImplementedError, match="mup"):
-        build_model(tiny(parametrization="mup"))
     assert isinstance(build_model(tiny()), nn.Module)
 
 
