@@ -11,30 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
-from scalinglab.errors import ConfigError  # noqa: F401  (re-exported)
+# Re-exported: the family configs and their shared pieces live in scalinglab.families.
+from scalinglab.errors import ConfigError  # noqa: F401
 from scalinglab.families import DEFAULT_FAMILY, FAMILY_NAMES, REGISTRY
-from scalinglab.families.base import (  # noqa: F401  (re-exported)
-    ACTIVATIONS,
-    GPT_SIZES,
-    Activation,
-    FamilyConfig,
-    Strict,
-)
-from scalinglab.families.bert import BertConfig  # noqa: F401  (re-exported)
+from scalinglab.families.base import ACTIVATIONS, GPT_SIZES, Activation, FamilyConfig, Strict  # noqa: F401
+from scalinglab.families.bert import BertConfig  # noqa: F401
 from scalinglab.families.gpt import GPTConfig
-from scalinglab.families.mlp import MLPConfig  # noqa: F401  (re-exported)
-from scalinglab.families.resnet import ResNetConfig  # noqa: F401  (re-exported)
-from scalinglab.families.t5 import T5Config  # noqa: F401  (re-exported)
+from scalinglab.families.mlp import MLPConfig  # noqa: F401
+from scalinglab.families.resnet import ResNetConfig  # noqa: F401
+from scalinglab.families.t5 import T5Config  # noqa: F401
 
-# The family configs live with their families (scalinglab.families); re-exported here.
 ModelConfig = GPTConfig  # the GPT config, under its historical name
 
 # The `model:` field: a union of every registered family's config, told apart by `family`.
