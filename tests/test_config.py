@@ -55,6 +55,13 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
         ("model:\n  size: enormous\n", ["trial.yaml:2", "unknown size", "small"]),
         ("data:\n  source: text\n", ["data.path is required"]),
         ("model:\n  d_model: 65\n  n_head: 2\n", ["divisible by n_head"]),
+        (
+            "model:\n  family: bert\n  parametrization: mup\n",
+            [
+                "trial.yaml:3: model.parametrization: "
+                "'mup' is not implemented yet; allowed: standard"
+            ],
+        ),
     ],
 )
 def test_bad_config_names_file_line_field(tmp_path: Path, text: str, expected: list[str]) -> None:

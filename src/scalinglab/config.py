@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
@@ -21,164 +20,37 @@ from pydantic import (
     model_validator,
 )
 
-from scalinglab.errors import ConfigError  # noqa: F401  (re-exported)
+# Re-exported: the family configs and their shared pieces live in scalinglab.families.
+from scalinglab.errors import ConfigError  # noqa: F401
+from scalinglab.families import DEFAULT_FAMILY, FAMILY_NAMES, REGISTRY
+from scalinglab.families.base import ACTIVATIONS, GPT_SIZES, Activation, FamilyConfig, Strict  # noqa: F401
+from scalinglab.families.bert import BertConfig  # noqa: F401
+from scalinglab.families.gpt import GPTConfig
+from scalinglab.families.mlp import MLPConfig  # noqa: F401
+from scalinglab.families.resnet import ResNetConfig  # noqa: F401
+from scalinglab.families.t5 import T5Config  # noqa: F401
 
-Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
-ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
+ModelConfig = GPTConfig  # the GPT config, under its historical name
 
-# One size table (STYLE.md #5): a config may name a size instead of its dimensions.
-# Widths double every two steps; depth grows slowly, heads keep d_head = 64 above "small".
-GPT_SIZES: dict[str, dict[str, int]] = {
-    "nano": {"n_layer": 2, "d_model": 64, "n_head": 2},
-    "micro": {"n_layer": 2, "d_model": 96, "n_head": 2},
-    "tiny": {"n_layer": 3, "d_model": 128, "n_head": 2},
-    "mini": {"n_layer": 4, "d_model": 192, "n_head": 3},
-    "small": {"n_layer": 4, "d_model": 256, "n_head": 4},
-    "medium": {"n_layer": 6, "d_model": 384, "n_head": 6},
-    "base": {"n_layer": 8, "d_model": 512, "n_head": 8},
-    "large": {"n_layer": 12, "d_model": 768, "n_head": 12},
-    "xl": {"n_layer": 24, "d_model": 1024, "n_head": 16},
-}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class _ModelBase(_Strict):
-    """Fields every model family has."""
-
-    activation: Activation = "gelu"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    parametrization: Literal["standard", "mup"] = "standard"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-class _TransformerBase(_ModelBase):
-    """Transformer dimensions; `size` (from GPT_SIZES) overrides n_layer/d_model/n_head."""
-
-    size: str | None = None
-    n_layer: int = Field(2, ge=1)
-    d_model: int = Field(64, ge=1)
-    n_head: int = Field(2, ge=1)
-    d_ff: int | None = Field(None, ge=1)
-    vocab_size: int = Field(256, ge=2)
-    # Rows of the learned position table; None: the trial's data.seq_len (TrialConfig fills it).
-    max_seq_len: int | None = Field(None, ge=1)
-    tie_embeddings: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _expand_size(cls, data: Any) -> Any:
-        # Unknown names are reported by the field validator below, located at model.size.
-        if isinstance(data, dict) and data.get("size") in GPT_SIZES:
-            data = {**data, **GPT_SIZES[data["size"]]}
-        return data
-
-    @field_validator("size")
-    @classmethod
-    def _known_size(cls, size: str | None) -> str | None:
-        if size is not None and size not in GPT_SIZES:
-            raise ValueError(f"unknown size {size!r}; allowed: {', '.join(GPT_SIZES)}")
-        return size
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> Any:
-        if self.d_model % self.n_head:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
-            )
-        if getattr(self, "positions", None) == "rotary" and (self.d_model // self.n_head) % 2:
-            raise ValueError("rotary positions need an even head dimension (d_model / n_head)")
-        return self
-
-    @property
-    def ff_dim(self) -> int:
-        """Hidden width of the feed-forward block."""
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
-
-
-class ModelConfig(_TransformerBase):
-    """GPT: a decoder-only language model (`model.family: gpt`, the default)."""
-
-    family: Literal["gpt"] = "gpt"
-    positions: Literal["learned", "rotary"] = "learned"
-
-
-class BertConfig(_TransformerBase):
-    """BERT: an encoder with bidirectional attention, trained by masked language modelling."""
-
-    family: Literal["bert"] = "bert"
-    positions: Literal["learned", "rotary"] = "learned"
-    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)  # share of tokens selected for prediction
-
-
-class T5Config(_TransformerBase):
-    """T5: an encoder-decoder trained on span corruption (the decoder rebuilds masked spans).
-
-    `n_layer` is the encoder depth; `n_decoder_layer` defaults to it.
-    """
-
-    family: Literal["t5"] = "t5"
-    positions: Literal["relative", "learned"] = "relative"
-    n_decoder_layer: int | None = Field(None, ge=1)
-    noise_density: float = Field(0.15, gt=0.0, lt=1.0)  # share of tokens inside masked spans
-    mean_span_length: float = Field(3.0, ge=1.0)
-
-
-class _ImageModelBase(_ModelBase):
-    """Image classifiers: the input and output shapes are required and must match the data."""
-
-    image_size: int = Field(ge=1)  # height = width
-    in_channels: int = Field(ge=1)
-    n_classes: int = Field(ge=2)
-
-
-class MLPConfig(_ImageModelBase):
-    """A fully connected classifier on flattened images; `residual` adds skip connections."""
-
-    family: Literal["mlp"] = "mlp"
-    width: int = Field(128, ge=1)
-    depth: int = Field(2, ge=1)  # hidden layers
-    residual: bool = False
-    batch_norm: bool = False
-
-
-class ResNetConfig(_ImageModelBase):
-    """A convolutional classifier: 3x3 convolutions, batch norm, residual blocks, pooling."""
-
-    family: Literal["resnet"] = "resnet"
-    width: int = Field(16, ge=1)  # channels of the first stage; doubled at every later stage
-    depth: int = Field(1, ge=1)  # residual blocks per stage
-    stages: int = Field(2, ge=1)
-    pool: Literal["max", "avg"] = "avg"
-    batch_norm: bool = True
-
-
-FAMILY_CONFIGS: dict[str, type[_ModelBase]] = {
-    "gpt": ModelConfig,
-    "bert": BertConfig,
-    "t5": T5Config,
-    "mlp": MLPConfig,
-    "resnet": ResNetConfig,
-}
-FAMILIES: tuple[str, ...] = tuple(FAMILY_CONFIGS)
-TEXT_FAMILIES = ("gpt", "bert", "t5")
-IMAGE_FAMILIES = ("mlp", "resnet")
-
+# The `model:` field: a union of every registered family's config, told apart by `family`.
 AnyModelConfig = Annotated[
-    ModelConfig | BertConfig | T5Config | MLPConfig | ResNetConfig,
+    Union[tuple(f.config for f in REGISTRY.values())],  # noqa: UP007
     Field(discriminator="family"),
 ]
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
 
+# The data sources each data kind (`Family.data_kinds`) covers.
+TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
+IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
+DATA_KIND_SOURCES: dict[str, tuple[str, ...]] = {"text": TEXT_SOURCES, "image": IMAGE_SOURCES}
 
-def parse_model_config(data: dict[str, Any]) -> Any:
+
+def parse_model_config(data: dict[str, Any]) -> FamilyConfig:
     """Validate a `model:` mapping into the config class of its family (default gpt)."""
-    return _MODEL_ADAPTER.validate_python({"family": "gpt", **data})
+    return _MODEL_ADAPTER.validate_python({"family": DEFAULT_FAMILY, **data})
 
 
-class SyntheticConfig(_Strict):
+class SyntheticConfig(Strict):
     """A generated Markov language whose exact entropy rate is known in advance."""
 
     vocab_size: int = Field(64, ge=2, le=65535)
@@ -189,7 +61,7 @@ class SyntheticConfig(_Strict):
     seed: int = 0  # the language (its transition table); the trial seed only orders batches
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """Image augmentation, drawn on the fly from the trial's key in training (never in eval)."""
 
     crop_pad: int = Field(0, ge=0)  # zero-pad by this many pixels, crop back at a random offset
@@ -198,7 +70,7 @@ class AugmentConfig(_Strict):
     contrast: float = Field(0.0, ge=0.0, lt=1.0)  # scale deviations from the mean by U(1-c, 1+c)
 
 
-class ShapesConfig(_Strict):
+class ShapesConfig(Strict):
     """The generated image task: one noisy bar per image whose orientation is the class.
 
     Difficulty grows with `noise` (pixel noise std; the bar's peak is about 1), with `n_classes`
@@ -215,13 +87,11 @@ class ShapesConfig(_Strict):
     seed: int = 0
 
 
-TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
-IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
 # (image_size, channels, n_classes) of scikit-learn's bundled handwritten digits.
 DIGITS_SPEC = (8, 1, 10)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where tokens (or images) come from, and how they are cut into sequences.
 
     For image sources one example is one unit of D: `seq_len` is 1 (the default there; any
@@ -275,7 +145,7 @@ class DataConfig(_Strict):
         return None
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     """Learning-rate schedule; fractions are of the total number of steps."""
 
     name: Literal["constant", "warmup_cosine", "wsd"] = "warmup_cosine"
@@ -284,7 +154,7 @@ class ScheduleConfig(_Strict):
     decay_frac: float = Field(0.2, ge=0.0, le=1.0)  # wsd: the share of steps spent decaying
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     """An optax chain: clipping, the update rule, decoupled weight decay, schedule."""
 
     name: Literal["sgd", "momentum", "adam", "adamw", "adafactor"] = "adamw"
@@ -301,7 +171,7 @@ class OptimizerConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(Strict):
     """How long to train: exactly one of tokens, steps or FLOPs."""
 
     tokens: float | None = Field(None, gt=0)
@@ -318,14 +188,14 @@ class BudgetConfig(_Strict):
         return self
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(Strict):
     """Stop when eval loss has not improved by min_delta for `patience` evaluations."""
 
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """Batching, budget, evaluation, checkpointing and divergence rules."""
 
     batch_size: int = Field(16, ge=1)
@@ -363,11 +233,11 @@ def results_dump(cfg: TrialConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude=OBSERVATION_FIELDS)
 
 
-class TrialConfig(_Strict):
+class TrialConfig(Strict):
     """One fully resolved training run."""
 
     seed: int = 0
-    model: AnyModelConfig = ModelConfig()
+    model: AnyModelConfig = GPTConfig()
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
@@ -378,60 +248,27 @@ class TrialConfig(_Strict):
         # The discriminated union needs the tag; a model mapping without one is a GPT.
         if isinstance(data, dict) and isinstance(data.get("model"), dict):
             if "family" not in data["model"]:
-                data = {**data, "model": {"family": "gpt", **data["model"]}}
+                data = {**data, "model": {"family": DEFAULT_FAMILY, **data["model"]}}
             family = data["model"]["family"]
-            if isinstance(family, str) and family not in FAMILY_CONFIGS:
+            if isinstance(family, str) and family not in REGISTRY:
                 raise ValueError(
-                    f"model.family: unknown family {family!r}; allowed: {', '.join(FAMILIES)}"
+                    f"model.family: unknown family {family!r}; allowed: {', '.join(FAMILY_NAMES)}"
                 )
         return data
 
     @model_validator(mode="after")
-    def _fill_max_seq_len(self) -> TrialConfig:
+    def _resolve_model(self) -> TrialConfig:
+        """Pair the family with a data source it can consume, then let the model config fill
+        and check its data-dependent fields (`FamilyConfig.resolve`)."""
         fam = self.model.family
-        if (fam in TEXT_FAMILIES) != (self.data.source in TEXT_SOURCES):
-            allowed = TEXT_SOURCES if fam in TEXT_FAMILIES else IMAGE_SOURCES
+        allowed = [s for kind in REGISTRY[fam].data_kinds for s in DATA_KIND_SOURCES[kind]]
+        if self.data.source not in allowed:
             raise ValueError(
                 f"model.family {fam!r} cannot train on data.source {self.data.source!r}; "
                 f"allowed sources: {', '.join(allowed)}"
             )
-        if fam in IMAGE_FAMILIES:
-            self._check_image_shapes()
-            return self
-        # The learned position table is sized to the data unless the config says otherwise.
-        if self.model.max_seq_len is None:
-            self.model.max_seq_len = self.data.seq_len
-        elif self.data.seq_len > self.model.max_seq_len:
-            raise ValueError(
-                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len "
-                f"({self.model.max_seq_len})"
-            )
+        self.model.resolve(self.data)
         return self
-
-    def _check_image_shapes(self) -> None:
-        """The model's input and output shapes must be the data's (checked before any compile)."""
-        spec = self.data.image_spec()
-        assert spec is not None  # family/source compatibility is checked first
-        fields = ("image_size", "in_channels", "n_classes")
-        data_fields = ("image_size", "channels", "n_classes")
-        for field, data_field, want in zip(fields, data_fields, spec, strict=True):
-            got = getattr(self.model, field)
-            if got != want:
-                where = (
-                    f"data.shapes.{data_field}"
-                    if self.data.source == "shapes"
-                    else f"data.source {self.data.source!r}"
-                )
-                raise ValueError(
-                    f"model.{field} ({got}) does not match {where} ({want}); set model.{field}: "
-                    f"{want}"
-                )
-        stages = getattr(self.model, "stages", 1)
-        if self.model.image_size >> (stages - 1) < 1:
-            raise ValueError(
-                f"model.stages: {stages} stages halve model.image_size "
-                f"({self.model.image_size}) {stages - 1} times, below one pixel"
-            )
 
 
 def _line_index(text: str) -> dict[tuple[str, ...], int]:
@@ -466,7 +303,7 @@ def format_validation_error(
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         family = None
-        if len(loc) >= 2 and loc[0] == "model" and loc[1] in FAMILY_CONFIGS:
+        if len(loc) >= 2 and loc[0] == "model" and loc[1] in REGISTRY:
             # The discriminated union puts the family tag in loc: model.gpt.size -> model.size.
             family, loc = loc[1], (loc[0], *loc[2:])
         field = ".".join(loc) or "<root>"
@@ -479,10 +316,9 @@ def format_validation_error(
         where = f"{source}:{line}" if line else source
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            parent = FAMILY_CONFIGS[family] if family and len(loc) == 2 else _model_at(loc[:-1])
-            allowed = ", ".join(parent.model_fields) if parent else "see DESIGN.md"
+            parent = REGISTRY[family].config if family and len(loc) == 2 else _model_at(loc[:-1])
             what = f"not a field of model.family {family!r}" if family else "unknown field"
-            msg = f"{what}; allowed: {allowed}"
+            msg = f"{what}; allowed: {', '.join(parent.model_fields)}" if parent else what
         elif e["type"] == "literal_error":
             msg = "not allowed; " + msg.replace("Input should be", "expected")
         elif e["type"] == "missing" and family:

@@ -64,18 +64,13 @@ def host_memory_setting(environ: Mapping[str, str] | None = None) -> str:
 
 
 def estimated_step_temp_bytes(model: Any, batch_size: int, seq_len: int) -> int:
-    """Rough size of a transformer train step's temporary buffer (activations kept for the
-    backward, float32): per token and layer 16 d_model floats plus 2 n_head seq_len for the
-    attention probabilities, plus 2 vocab floats per token for the logits. Within 5% of XLA's
-    figure for the benchmark GPT (101.7 MB at d_model 128; tested). Image families: 0 (their
-    inputs here are small images)."""
-    if not hasattr(model, "d_model"):
-        return 0
-    layers = model.n_layer
-    if getattr(model, "family", None) == "t5":
-        layers += model.n_decoder_layer or model.n_layer
-    per_token = layers * (16 * model.d_model + 2 * model.n_head * seq_len) + 2 * model.vocab_size
-    return 4 * batch_size * seq_len * per_token
+    """Rough size of a train step's temporary buffer, from the model's family
+    (`Family.step_temp_bytes`; transformers: activations kept for the backward, within 5% of
+    XLA's figure for the benchmark GPT, 101.7 MB at d_model 128; tested. Image families: 0)."""
+    # Imported here: this module is imported early by entry points that only need the setting.
+    from scalinglab.families import get_family
+
+    return get_family(model).step_temp_bytes(model, batch_size, seq_len)
 
 
 def _wants_retain(setting: str, temp_bytes: int) -> bool:

@@ -1,40 +1,27 @@
-"""Model registry (`build_model`) and parameter counting from a parameter pytree."""
+"""The Flax modules of every family, `build_model` (through the family registry) and
+parameter counting from a parameter pytree."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from scalinglab.config import ModelConfig
+from scalinglab.families import get_family
+from scalinglab.families.base import FamilyConfig
 from scalinglab.models.bert import Bert
 from scalinglab.models.gpt import GPT
 from scalinglab.models.mlp import MLP
 from scalinglab.models.resnet import ResNet
 from scalinglab.models.t5 import T5
 
-_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "gpt": GPT,
-    "bert": Bert,
-    "t5": T5,
-    "mlp": MLP,
-    "resnet": ResNet,
-}
 
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The Flax module for `cfg.family`; an unknown family is an error listing the allowed."""
-    if cfg.family not in _REGISTRY:
-        raise ValueError(f"unknown model.family {cfg.family!r}; allowed: {', '.join(_REGISTRY)}")
-    if cfg.parametrization != "standard":
-        raise NotImplementedError(
-            f"model.parametrization: {cfg.parametrization} is not implemented yet; "
-            "allowed: standard"
-        )
-    return _REGISTRY[cfg.family](cfg)
+def build_model(cfg: FamilyConfig) -> nn.Module:
+    """The Flax module of `cfg.family` (its `Family.build_model`); an unknown family is an
+    error listing the registered ones."""
+    return get_family(cfg).build_model(cfg)
 
 
 def is_embedding_path(path: str) -> bool:
@@ -64,4 +51,4 @@ def count_params(params: Any) -> dict[str, int]:
     return counts
 
 
-__all__ = ["GPT", "MLP", "ResNet", "build_model", "count_params", "is_embedding_path"]
+__all__ = ["GPT", "MLP", "Bert", "ResNet", "T5", "build_model", "count_params", "is_embedding_path"]

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scalinglab.config import BertConfig
+from scalinglab.families.bert import BertConfig
 from scalinglab.models.blocks import Block
 from scalinglab.models.gpt import PositionEmbed
 from scalinglab.models.layers import (
@@ -37,11 +37,6 @@ from scalinglab.models.layers import (
 )
 
 EXTRA_TOKENS = 1  # [MASK]
-
-
-def mask_token_id(cfg: BertConfig) -> int:
-    """The id of [MASK]: one past the data vocabulary."""
-    return cfg.vocab_size
 
 
 class Bert(nn.Module):
@@ -66,11 +61,7 @@ class Bert(nn.Module):
         )
         x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
-            if cfg.max_seq_len is None:
-                raise ValueError("model.max_seq_len must be set for learned positions")
-            if t > cfg.max_seq_len:
-                raise ValueError(f"sequence length {t} exceeds model.max_seq_len {cfg.max_seq_len}")
-            pos_TxD = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(t)
+            pos_TxD = PositionEmbed(cfg.position_rows(t), cfg.d_model, name="pos_embed")(t)
             x_BxTxD = x_BxTxD + pos_TxD.astype(dtype)[None]
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         out_std = INIT_STD / math.sqrt(2 * cfg.n_layer)

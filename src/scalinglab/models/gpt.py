@@ -107,11 +107,7 @@ class GPT(nn.Module):
         token_embed = _token_embed(cfg, dtype)
         x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
-            if cfg.max_seq_len is None:
-                raise ValueError("model.max_seq_len must be set for learned positions")
-            if t > cfg.max_seq_len:
-                raise ValueError(f"sequence length {t} exceeds model.max_seq_len {cfg.max_seq_len}")
-            pos_TxD = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(t)
+            pos_TxD = PositionEmbed(cfg.position_rows(t), cfg.d_model, name="pos_embed")(t)
             x_BxTxD = x_BxTxD + pos_TxD.astype(dtype)
         x_BxTxD = nn.Dropout(cfg.dropout)(x_BxTxD, deterministic=deterministic)
         for i in range(cfg.n_layer):
@@ -174,9 +170,8 @@ class CachedGPT(nn.Module):
         token_embed = _token_embed(cfg, dtype)
         x_BxTxD = lookup(token_embed, tokens_BxT)
         if cfg.positions == "learned":
-            if cfg.max_seq_len is None:
-                raise ValueError("model.max_seq_len must be set for learned positions")
-            table = PositionEmbed(cfg.max_seq_len, cfg.d_model, name="pos_embed")(cfg.max_seq_len)
+            rows = cfg.position_rows()
+            table = PositionEmbed(rows, cfg.d_model, name="pos_embed")(rows)
             x_BxTxD = x_BxTxD + jax.lax.dynamic_slice_in_dim(table, pos, t).astype(dtype)
         new_cache = []
         for i in range(cfg.n_layer):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scalinglab.config import MLPConfig
+from scalinglab.families.mlp import MLPConfig
 from scalinglab.models.layers import GATED_ACTIVATIONS, activation_fn
 
 Array = jax.Array

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scalinglab.config import ResNetConfig
+from scalinglab.families.resnet import ResNetConfig
 from scalinglab.models.mlp import BatchNorm, activate, gate_factor, kernel_init, n_outputs
 
 Array = jax.Array

@@ -1,0 +1,215 @@
+"""What every model family shares: the config base classes and the `Family` record.
+
+A family's config class derives from `FamilyConfig` (through `TransformerConfig` or
+`ImageConfig`), names itself in a `family: Literal[...]` field (the tag of the discriminated
+union in `scalinglab.config`) and resolves itself against the trial's data (`resolve`).
+This module imports no JAX, so the config schema loads without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    import flax.linen as nn
+
+    from scalinglab.config import DataConfig, TrialConfig
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
+ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
+
+# One size table: a transformer config may name a size instead of its dimensions.
+# Widths double every two steps; depth grows slowly, heads keep d_head = 64 above "small".
+GPT_SIZES: dict[str, dict[str, int]] = {
+    "nano": {"n_layer": 2, "d_model": 64, "n_head": 2},
+    "micro": {"n_layer": 2, "d_model": 96, "n_head": 2},
+    "tiny": {"n_layer": 3, "d_model": 128, "n_head": 2},
+    "mini": {"n_layer": 4, "d_model": 192, "n_head": 3},
+    "small": {"n_layer": 4, "d_model": 256, "n_head": 4},
+    "medium": {"n_layer": 6, "d_model": 384, "n_head": 6},
+    "base": {"n_layer": 8, "d_model": 512, "n_head": 8},
+    "large": {"n_layer": 12, "d_model": 768, "n_head": 12},
+    "xl": {"n_layer": 24, "d_model": 1024, "n_head": 16},
+}
+
+
+class Strict(BaseModel):
+    """A config model that rejects unknown keys and validates assignments."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FamilyConfig(Strict):
+    """Fields every model family has; the base type of every family's config.
+
+    Each subclass adds its own `family: Literal["name"] = "name"` after its dimensions, so the
+    field order of a dumped config (and so every trial id) is what it was.
+    """
+
+    activation: Activation = "gelu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    parametrization: Literal["standard"] = "standard"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("parametrization", mode="before")
+    @classmethod
+    def _no_mup(cls, value: Any) -> Any:
+        if value == "mup":
+            raise ValueError("'mup' is not implemented yet; allowed: standard")
+        return value
+
+    def resolve(self, data: DataConfig) -> None:
+        """Fill data-dependent fields and check them against the trial's data (ValueError)."""
+
+
+class TransformerConfig(FamilyConfig):
+    """Transformer dimensions; `size` (from GPT_SIZES) overrides n_layer/d_model/n_head."""
+
+    size: str | None = None
+    n_layer: int = Field(2, ge=1)
+    d_model: int = Field(64, ge=1)
+    n_head: int = Field(2, ge=1)
+    d_ff: int | None = Field(None, ge=1)
+    vocab_size: int = Field(256, ge=2)
+    # Rows of the learned position table; None: the trial's data.seq_len (TrialConfig fills it).
+    max_seq_len: int | None = Field(None, ge=1)
+    tie_embeddings: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_size(cls, data: Any) -> Any:
+        # Unknown names are reported by the field validator below, located at model.size.
+        if isinstance(data, dict) and data.get("size") in GPT_SIZES:
+            data = {**data, **GPT_SIZES[data["size"]]}
+        return data
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: str | None) -> str | None:
+        if size is not None and size not in GPT_SIZES:
+            raise ValueError(f"unknown size {size!r}; allowed: {', '.join(GPT_SIZES)}")
+        return size
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> Any:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if getattr(self, "positions", None) == "rotary" and (self.d_model // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head dimension (d_model / n_head)")
+        return self
+
+    @property
+    def ff_dim(self) -> int:
+        """Hidden width of the feed-forward block."""
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    def position_rows(self, seq_len: int | None = None) -> int:
+        """`max_seq_len`, checked for every user (models, counts, vocabularies): set, and at
+        least `seq_len` when given. A ValueError naming model.max_seq_len otherwise."""
+        if self.max_seq_len is None:
+            raise ValueError(
+                "model.max_seq_len must be set (TrialConfig fills it from data.seq_len)"
+            )
+        if seq_len is not None and seq_len > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds model.max_seq_len {self.max_seq_len}"
+            )
+        return self.max_seq_len
+
+    def resolve(self, data: DataConfig) -> None:
+        """The learned position table is sized to the data unless the config says otherwise."""
+        if self.max_seq_len is None:
+            self.max_seq_len = data.seq_len
+        elif data.seq_len > self.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({data.seq_len}) exceeds model.max_seq_len ({self.max_seq_len})"
+            )
+
+
+class ImageConfig(FamilyConfig):
+    """Image classifiers: the input and output shapes are required and must match the data."""
+
+    image_size: int = Field(ge=1)  # height = width
+    in_channels: int = Field(ge=1)
+    n_classes: int = Field(ge=2)
+
+    def resolve(self, data: DataConfig) -> None:
+        """The model's input and output shapes must be the data's (checked before any compile)."""
+        spec = data.image_spec()
+        assert spec is not None  # family/source compatibility is checked first
+        fields = ("image_size", "in_channels", "n_classes")
+        data_fields = ("image_size", "channels", "n_classes")
+        for field, data_field, want in zip(fields, data_fields, spec, strict=True):
+            got = getattr(self, field)
+            if got != want:
+                where = (
+                    f"data.shapes.{data_field}"
+                    if data.source == "shapes"
+                    else f"data.source {data.source!r}"
+                )
+                raise ValueError(
+                    f"model.{field} ({got}) does not match {where} ({want}); set model.{field}: "
+                    f"{want}"
+                )
+
+
+def block_params(cfg: TransformerConfig) -> int:
+    """Parameters of one pre-LayerNorm transformer block: two norms, fused qkv and output
+    projections, and the feed-forward block (gate and up projections for swiglu)."""
+    d, f = cfg.d_model, cfg.ff_dim
+    norms = 2 * (2 * d)  # norm_1, norm_2: scale and bias
+    attn = (d * 3 * d + 3 * d) + (d * d + d)  # fused qkv, output projection
+    n_in = 2 if cfg.activation == "swiglu" else 1  # swiglu: gate and up projections
+    mlp = n_in * (d * f + f) + (f * d + d)
+    return norms + attn + mlp
+
+
+def transformer_step_temp_bytes(
+    cfg: TransformerConfig, layers: int, batch_size: int, seq_len: int
+) -> int:
+    """Rough size of a transformer train step's temporary buffer (activations kept for the
+    backward, float32): per token and layer 16 d_model floats plus 2 n_head seq_len for the
+    attention probabilities, plus 2 vocab floats per token for the logits. Within 10% of XLA's
+    figure for the benchmark GPT (tested in test_hostmem)."""
+    per_token = layers * (16 * cfg.d_model + 2 * cfg.n_head * seq_len) + 2 * cfg.vocab_size
+    return 4 * batch_size * seq_len * per_token
+
+
+def no_step_temp_bytes(cfg: FamilyConfig, batch_size: int, seq_len: int) -> int:
+    """Image families: 0 (their inputs here are small images)."""
+    return 0
+
+
+DataKind = Literal["text", "image"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the rest of scalinglab needs from a model family, in one record.
+
+    - `config`: the pydantic config class (its `family` literal is `name`).
+    - `build_model(cfg) -> nn.Module`: the Flax module.
+    - `build_task(trial_cfg, model) -> task`: the objective (see `scalinglab.families.common`).
+    - `param_counts(cfg) -> {"total", "embedding", "non_embedding"}`: from the config alone,
+      equal to `scalinglab.models.count_params` of the initialised model.
+    - `flops_per_token(cfg, seq_len, counting) -> float`: training FLOPs per unit of D,
+      `counting` is "kaplan" or "full" (already checked).
+    - `step_temp_bytes(cfg, batch_size, seq_len) -> int`: a train step's temporaries
+      (`scalinglab.hostmem`).
+    - `data_kinds`: the kinds of data source it trains on ("text", "image").
+    """
+
+    name: str
+    config: type[FamilyConfig]
+    build_model: Callable[[Any], nn.Module]
+    build_task: Callable[[TrialConfig, nn.Module], Any]
+    param_counts: Callable[[Any], dict[str, int]]
+    flops_per_token: Callable[[Any, int, str], float]
+    step_temp_bytes: Callable[[Any, int, int], int]
+    data_kinds: tuple[DataKind, ...]
