@@ -216,3 +216,25 @@ def test_console_script_reports_bad_input(tmp_path):
     res = subprocess.run([exe, "fit", str(path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "missing column 'loss'" in res.stderr
+
+
+def test_curves_take_N_from_the_runs_column():
+    """Approach 1 reads the curves: their N must be the column the runs' N came from."""
+    from scalinglab.analysis.study import matching_curves
+    from scalinglab.analysis.tables import Source, standardise
+
+    raw = pd.DataFrame(
+        {"N": [5e4, 9e4], "N_nonembed": [1e4, 5e4], "tokens": [1e6, 2e6], "loss": [3.0, 2.5]}
+    )
+    runs = standardise(raw.assign(flop_counting="kaplan"), {}, "runs")
+    curves = standardise(raw, {}, "curves")  # no counting column: N is the total there
+    assert runs.attrs["n_column"] == "N_nonembed" and curves.attrs["n_column"] == "N"
+    src = Source(runs, curves, "t", "6ND", "N_nonembed", "kaplan")
+    got = matching_curves(src)
+    np.testing.assert_array_equal(got["N"], raw["N_nonembed"])
+    assert (
+        matching_curves(
+            Source(runs, curves.drop(columns="N_nonembed"), "t", "6ND", "N_nonembed", "kaplan")
+        )
+        is None
+    )
