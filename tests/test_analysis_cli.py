@@ -72,7 +72,8 @@ def test_plot_writes_figures(table, tmp_path):
 @pytest.fixture(scope="module")
 def run_table(tmp_path_factory) -> tuple[Path, str, float]:
     """A sparse run-like table under Kaplan counting (C = 6 N_nonembed D; N is the total,
-    embeddings included), evaluation noise per run, and one run planted 15% off the law."""
+    embeddings included), evaluation noise per run, a known entropy rate, and one run
+    planted 15% off the law."""
     rng = np.random.default_rng(0)
     rows = []
     for C in (3e10, 1e11, 3e11):
@@ -89,6 +90,7 @@ def run_table(tmp_path_factory) -> tuple[Path, str, float]:
                     "flop_counting": "kaplan",
                     "final_eval_loss": loss,
                     "final_eval_loss_se": 0.002 * loss,
+                    "entropy_rate": 1.8,
                 }
             )
     df = pd.DataFrame(rows)
@@ -110,6 +112,7 @@ def test_fit_on_runs_names_the_N_E_not_identified_and_the_outlier(run_table, tmp
     assert "E not identified" in text and "profile-likelihood interval" in text
     assert f"off the law: {planted}" in text and "x the evaluation noise" in text
     assert "back-test (leave one budget out)" in text
+    assert "known floor: entropy rate H = 1.8, E - H = " in text
     doc = json.loads(out.read_text())
     assert {"law", "params", "ci", "approaches", "n_points", "loss"} <= set(doc)
     assert doc["counting"]["N"] == "N_nonembed" and doc["counting"]["k"] == pytest.approx(6.0)
@@ -120,6 +123,8 @@ def test_fit_on_runs_names_the_N_E_not_identified_and_the_outlier(run_table, tmp
     assert bad["run"] == planted and bad["N"] == pytest.approx(planted_n, rel=1e-9)
     assert doc["misfit"]["noise"].startswith("final_eval_loss_se")
     assert doc["backtest"]["one_budget_up"]["budget_C"] == pytest.approx(3e11)
+    e_minus_h = doc["identifiability"]["E"]["floor"]["E_minus_H"]
+    assert doc["floor"] == 1.8 and e_minus_h == pytest.approx(doc["params"]["E"] - 1.8)
     for key in ("1", "2", "3"):
         assert doc["approaches"][key]["N"] == "N_nonembed"
     # approach 3 spends the runs' compute as they counted it: C = 6 N_nonembed D

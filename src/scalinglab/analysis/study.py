@@ -264,12 +264,15 @@ def _format(s: Study) -> list[str]:
             if not ap.ok:
                 continue
             p = ap.predict(c)
-            loss = f.optimal(c)["loss"] if ap.name.startswith("3") else None
+            opt = f.optimal(c) if ap.name.startswith("3") else {}
+            loss = opt.get("loss")
             lines.append(
                 f"{c:>10.3g} {ap.name:<16} {p['N_opt']:>10.3g} {p['D_opt']:>10.3g}"
                 f" {'' if loss is None else f'{loss:.4g}':>8}"
                 f"  N {_ival(p.get('N_opt_ci'), '.3g')} D {_ival(p.get('D_opt_ci'), '.3g')}"
             )
+            if "warning" in opt:
+                lines.append(f"  warning: {opt['warning']}")
     return lines
 
 
