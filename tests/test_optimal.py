@@ -199,6 +199,19 @@ def test_approach3_spends_the_fits_flops_per_parameter_token():
     assert fit.optimal(C)["N_opt"] == pytest.approx(pred["N_opt"], rel=1e-12)
 
 
+def test_every_approach_names_its_N_and_a_mismatch_is_flagged():
+    df = chinchilla_sweep(budgets=(1e18, 1e19, 1e20))
+    df.attrs["n_column"] = "N_nonembed"
+    fit = Fit.from_params("chinchilla", **TRUE)
+    fit.counting = {"N": "N_nonembed", "k": 6.0}
+    out = O.compute_optimal(df, fit, bootstrap=5)
+    assert {k: a.to_dict()["N"] for k, a in out.items()} == dict.fromkeys((1, 2, 3), "N_nonembed")
+    assert not any("counted N" in f for f in out[3].flags)
+    fit.counting = {"N": "N", "k": 6.0}
+    out = O.compute_optimal(df, fit, approaches=(3,), bootstrap=5)
+    assert "the fit counted N as N but the runs' N is N_nonembed" in out[3].flags[-1]
+
+
 def test_approach3_needs_chinchilla():
     ap = O.approach3(Fit.from_params("power", E=1.0, A=2.0, alpha=0.1))
     assert not ap.ok and "chinchilla" in ap.flags[0]

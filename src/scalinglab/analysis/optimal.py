@@ -205,7 +205,9 @@ def compute_optimal(
 ) -> dict[int, Approach]:
     """Run the chosen approaches; approach 1 uses ``curves`` (eval points) when given.
 
-    ``method2`` is approach 2's method: ``"akima"`` (default) or ``"parabola"``.
+    ``method2`` is approach 2's method: ``"akima"`` (default) or ``"parabola"``. Each
+    approach records in ``extra["N"]`` the column its N came from (``df.attrs["n_column"]``
+    as ``load_source`` sets it, else the fit's ``counting["N"]``, else ``"N"``).
     """
     out: dict[int, Approach] = {}
     if 1 in approaches:
@@ -220,4 +222,12 @@ def compute_optimal(
         if fit is None:
             raise ValueError("approach 3 needs a fitted chinchilla law")
         out[3] = approach3(fit)
+    n_col = df.attrs.get("n_column") or (fit.counting.get("N") if fit is not None else None)
+    for ap in out.values():
+        ap.extra.setdefault("N", n_col or "N")
+    if 3 in out and n_col and out[3].extra["N"] != n_col:
+        out[3].flags.append(
+            f"the fit counted N as {out[3].extra['N']} but the runs' N is {n_col}:"
+            " approach 3 is not comparable with approaches 1-2"
+        )
     return out

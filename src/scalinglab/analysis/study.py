@@ -125,8 +125,6 @@ def run_study(
         from scalinglab.analysis.optimal import approach3
 
         aps[3] = approach3(fit)  # records why approach 3 is unavailable for this law
-    for ap in aps.values():
-        ap.extra.setdefault("N", src.n_column)
     tg = targets or default_targets(runs["C"].to_numpy(float))
     return Study(src, fit, aps, tuple(tg))
 
