@@ -69,27 +69,84 @@ def test_plot_writes_figures(table, tmp_path):
     assert (tmp_path / "isoflop.svg").exists()
 
 
-def test_study_prints_whatever_the_fit_says_about_identifiability():
-    from types import SimpleNamespace
+@pytest.fixture(scope="module")
+def run_table(tmp_path_factory) -> tuple[Path, str, float]:
+    """A sparse run-like table under Kaplan counting (C = 6 N_nonembed D; N is the total,
+    embeddings included), evaluation noise per run, a known entropy rate, and one run
+    planted 15% off the law."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for C in (3e10, 1e11, 3e11):
+        for i, n in enumerate((C / 6) ** 0.5 * 0.05 * np.geomspace(0.3, 3, 4)):
+            D = C / (6 * n)
+            loss = (1.8 + 406.4 / n**0.34 + 410.7 / D**0.28) * np.exp(0.002 * rng.normal())
+            rows.append(
+                {
+                    "trial_id": f"run-{C:.0e}-{i}",
+                    "N": n + 32_000,
+                    "N_nonembed": n,
+                    "D": D,
+                    "C": C,
+                    "flop_counting": "kaplan",
+                    "final_eval_loss": loss,
+                    "final_eval_loss_se": 0.002 * loss,
+                    "entropy_rate": 1.8,
+                }
+            )
+    df = pd.DataFrame(rows)
+    df.loc[5, "final_eval_loss"] *= 1.15
+    path = tmp_path_factory.mktemp("runs") / "runs.csv"
+    df.to_csv(path, index=False)
+    return path, str(df.loc[5, "trial_id"]), float(df.loc[5, "N_nonembed"])
 
-    from scalinglab.analysis.fit import Fit
-    from scalinglab.analysis.study import _identifiability_lines, fit_warnings
 
-    fit = Fit.from_params("chinchilla", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-    assert _identifiability_lines(fit) == [] and fit_warnings(fit) == []
-    fit.diagnostics.warnings.append("optimum on the start grid's edge for e")
-    fit.warnings = [
-        "E not identified: its interval touches 0",
-        "optimum on the start grid's edge for e",
-    ]
-    assert fit_warnings(fit) == [
-        "E not identified: its interval touches 0",
-        "optimum on the start grid's edge for e",
-    ]
-    fit.identifiability = {"E": {"identified": False, "advice": "fix E"}}
-    assert _identifiability_lines(fit) == ["identifiability: E: identified False, advice fix E"]
-    fit.identifiability = SimpleNamespace(lines=lambda: ["E: not identified (fix E, add budgets)"])
-    assert _identifiability_lines(fit) == ["E: not identified (fix E, add budgets)"]
+def test_fit_on_runs_names_the_N_E_not_identified_and_the_outlier(run_table, tmp_path):
+    path, planted, planted_n = run_table
+    out = tmp_path / "fit.json"
+    fast = ["--bootstrap", "10", "--starts", "100"]
+    res = runner.invoke(app, ["fit", str(path), *fast, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    text = res.output
+    assert "N counted as N_nonembed (flop counting kaplan)" in text
+    assert "N is N_nonembed, C = 6 N D" in text and "(N_opt in N_nonembed)" in text
+    assert "E not identified" in text and "profile-likelihood interval" in text
+    assert f"off the law: {planted}" in text and "x the evaluation noise" in text
+    assert "back-test (leave one budget out)" in text
+    assert "known floor: entropy rate H = 1.8, E - H = " in text
+    doc = json.loads(out.read_text())
+    assert {"law", "params", "ci", "approaches", "n_points", "loss"} <= set(doc)
+    assert doc["counting"]["N"] == "N_nonembed" and doc["counting"]["k"] == pytest.approx(6.0)
+    assert doc["identifiability"]["E"]["identified"] is False
+    assert any(w.startswith("E not identified") for w in doc["fit_warnings"])
+    # the planted run, by id, with the N the fit used (non-embedding, as C counts it)
+    [bad] = doc["misfit"]["outliers"]
+    assert bad["run"] == planted and bad["N"] == pytest.approx(planted_n, rel=1e-9)
+    assert doc["misfit"]["noise"].startswith("final_eval_loss_se")
+    assert doc["backtest"]["one_budget_up"]["budget_C"] == pytest.approx(3e11)
+    e_minus_h = doc["identifiability"]["E"]["floor"]["E_minus_H"]
+    assert doc["floor"] == 1.8 and e_minus_h == pytest.approx(doc["params"]["E"] - 1.8)
+    for key in ("1", "2", "3"):
+        assert doc["approaches"][key]["N"] == "N_nonembed"
+    # approach 3 spends the runs' compute as they counted it: C = 6 N_nonembed D
+    for pred in doc["approaches"]["3"]["predictions"]:
+        assert 6 * pred["N_opt"] * pred["D_opt"] == pytest.approx(pred["C"], rel=1e-9)
+
+
+def test_law_without_its_columns_is_one_line(table, monkeypatch):
+    from scalinglab.analysis import laws
+    from scalinglab.analysis.custom import custom_law
+
+    law = custom_law(
+        "needs_q",
+        lambda c, p: p["E"] + p["A"] * c["q"] ** -p["alpha"],
+        inputs=("q",),
+        params={"E": (0.5, 2.0), "A": (1.0, 100.0), "alpha": (0.1, 0.9)},
+    )
+    monkeypatch.setitem(laws.LAWS, "needs_q", law)
+    res = runner.invoke(app, ["fit", str(table), "--columns", MAP, "--law", "needs_q"])
+    assert res.exit_code == 2, res.output
+    assert "runs.csv: law needs_q needs column(s) 'q'" in res.output
+    assert res.output.strip().count("\n") == 0
 
 
 def bad_tables(table: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -164,3 +221,25 @@ def test_console_script_reports_bad_input(tmp_path):
     res = subprocess.run([exe, "fit", str(path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "missing column 'loss'" in res.stderr
+
+
+def test_curves_take_N_from_the_runs_column():
+    """Approach 1 reads the curves: their N must be the column the runs' N came from."""
+    from scalinglab.analysis.study import matching_curves
+    from scalinglab.analysis.tables import Source, standardise
+
+    raw = pd.DataFrame(
+        {"N": [5e4, 9e4], "N_nonembed": [1e4, 5e4], "tokens": [1e6, 2e6], "loss": [3.0, 2.5]}
+    )
+    runs = standardise(raw.assign(flop_counting="kaplan"), {}, "runs")
+    curves = standardise(raw, {}, "curves")  # no counting column: N is the total there
+    assert runs.attrs["n_column"] == "N_nonembed" and curves.attrs["n_column"] == "N"
+    src = Source(runs, curves, "t", "6ND", "N_nonembed", "kaplan")
+    got = matching_curves(src)
+    np.testing.assert_array_equal(got["N"], raw["N_nonembed"])
+    assert (
+        matching_curves(
+            Source(runs, curves.drop(columns="N_nonembed"), "t", "6ND", "N_nonembed", "kaplan")
+        )
+        is None
+    )

@@ -177,6 +177,41 @@ def test_approach3_matches_closed_form_and_brute_force():
     assert N[np.argmin(loss)] == pytest.approx(pred["N_opt"], rel=1e-4)
 
 
+def test_approach3_spends_the_fits_flops_per_parameter_token():
+    """C = k N D with the fit's k (here 7.3, as when C counts more than 6 per N and D)."""
+    k = 7.3
+    fit = Fit.from_params("chinchilla", **TRUE)
+    fit.counting = {"N": "N_total", "k": k}
+    ap = O.approach3(fit)
+    alpha, beta = TRUE["alpha"], TRUE["beta"]
+    a = beta / (alpha + beta)
+    G = (alpha * TRUE["A"] / (beta * TRUE["B"])) ** (1 / (alpha + beta))
+    C = 3e21
+    pred = ap.predict(C)
+    assert pred["N_opt"] == pytest.approx(G * (C / k) ** a, rel=1e-12)
+    assert pred["D_opt"] == pytest.approx((C / k) ** (1 - a) / G, rel=1e-12)
+    assert k * pred["N_opt"] * pred["D_opt"] == pytest.approx(C, rel=1e-12)
+    # Independent: minimise the law along C = k N D numerically; 6 would miss by (7.3/6)^a.
+    N = np.geomspace(1e8, 1e12, 400_001)
+    loss = TRUE["E"] + TRUE["A"] / N**alpha + TRUE["B"] / (C / (k * N)) ** beta
+    assert N[np.argmin(loss)] == pytest.approx(pred["N_opt"], rel=1e-4)
+    assert ap.to_dict()["k"] == k and ap.to_dict()["N"] == "N_total"
+    assert fit.optimal(C)["N_opt"] == pytest.approx(pred["N_opt"], rel=1e-12)
+
+
+def test_every_approach_names_its_N_and_a_mismatch_is_flagged():
+    df = chinchilla_sweep(budgets=(1e18, 1e19, 1e20))
+    df.attrs["n_column"] = "N_nonembed"
+    fit = Fit.from_params("chinchilla", **TRUE)
+    fit.counting = {"N": "N_nonembed", "k": 6.0}
+    out = O.compute_optimal(df, fit, bootstrap=5)
+    assert {k: a.to_dict()["N"] for k, a in out.items()} == dict.fromkeys((1, 2, 3), "N_nonembed")
+    assert not any("counted N" in f for f in out[3].flags)
+    fit.counting = {"N": "N", "k": 6.0}
+    out = O.compute_optimal(df, fit, approaches=(3,), bootstrap=5)
+    assert "the fit counted N as N but the runs' N is N_nonembed" in out[3].flags[-1]
+
+
 def test_approach3_needs_chinchilla():
     ap = O.approach3(Fit.from_params("power", E=1.0, A=2.0, alpha=0.1))
     assert not ap.ok and "chinchilla" in ap.flags[0]

@@ -10,7 +10,11 @@ Each approach ends in two power laws, ``N_opt = k_N C^a`` and
    the loss profile bottoms out (Akima interpolation by default, or a parabola);
    budgets whose minimum is not bracketed by the sampled sizes are dropped and named.
 3. **Parametric.** The closed form of the fitted Chinchilla law,
-   ``N_opt = G (C/6)^a, a = beta/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta))``.
+   ``N_opt = G (C/k)^a, a = beta/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta))``,
+   with ``k = C/(N D)`` the FLOPs per parameter-token of the runs (``Fit.k``; 6 when C = 6 N D).
+
+All three use the same N: the column the table's C counts (``N_nonembed`` under Kaplan
+counting, see ``analysis.tables``), which ``Fit.counting["N"]`` names.
 
 Whether they agree is ``analysis.agreement``: from the bootstrap difference of exponents.
 """
@@ -131,16 +135,21 @@ def approach1(
 
 
 def approach3(fit: Fit) -> Approach:
-    """Approach 3: the closed-form allocation of a fitted Chinchilla law (C = 6ND)."""
+    """Approach 3: the closed-form allocation of a fitted Chinchilla law, C = k N D.
+
+    ``k`` is the fit's FLOPs per parameter-token (``fit.k``, from the runs' C/(N D)), so the
+    allocation spends the same C the runs counted and N_opt is in the fit's N.
+    """
     name = "3: parametric"
     if fit.law != "chinchilla":
         return nan_approach(name, f"needs the chinchilla law, not {fit.law}", fit.confidence)
     p = fit.params
-    theta = _closed_form(p["A"], p["B"], p["alpha"], p["beta"])
+    k = fit.k
+    theta = _closed_form(p["A"], p["B"], p["alpha"], p["beta"], k)
     samples, share = None, 0.0
     cols = fit_samples(fit, ("A", "B", "alpha", "beta"))
     if cols is not None:
-        samples = np.stack(_closed_form(*cols), axis=1)
+        samples = np.stack(_closed_form(*cols, k), axis=1)
         bad = ~np.isfinite(samples).all(axis=1)
         samples = samples[~bad]
         n_failed = int(getattr(fit.diagnostics, "bootstrap_failed", 0) or 0) + int(bad.sum())
@@ -157,6 +166,7 @@ def approach3(fit: Fit) -> Approach:
         samples,
         flags=flags,
         confidence=fit.confidence,
+        extra={"k": k, "N": fit.counting.get("N", "N")},
         unusable_share=share,
     )
 
@@ -176,10 +186,10 @@ def fit_samples(fit: Fit, names: tuple[str, ...]) -> list[np.ndarray] | None:
     return [np.asarray(s[n], dtype=float) for n in names]
 
 
-def _closed_form(A, B, alpha, beta):
-    """(log k_N, a, log k_D, b) with N_opt = G (C/6)^a, D_opt = (C/6)^b / G."""
+def _closed_form(A, B, alpha, beta, k=6.0):
+    """(log k_N, a, log k_D, b) with N_opt = G (C/k)^a, D_opt = (C/k)^b / G."""
     a, b, G = chinchilla_allocation(A, B, alpha, beta)
-    return np.log(G) - a * np.log(6.0), a, -np.log(G) - b * np.log(6.0), b
+    return np.log(G) - a * np.log(k), a, -np.log(G) - b * np.log(k), b
 
 
 def compute_optimal(
@@ -195,7 +205,9 @@ def compute_optimal(
 ) -> dict[int, Approach]:
     """Run the chosen approaches; approach 1 uses ``curves`` (eval points) when given.
 
-    ``method2`` is approach 2's method: ``"akima"`` (default) or ``"parabola"``.
+    ``method2`` is approach 2's method: ``"akima"`` (default) or ``"parabola"``. Each
+    approach records in ``extra["N"]`` the column its N came from (``df.attrs["n_column"]``
+    as ``load_source`` sets it, else the fit's ``counting["N"]``, else ``"N"``).
     """
     out: dict[int, Approach] = {}
     if 1 in approaches:
@@ -210,4 +222,12 @@ def compute_optimal(
         if fit is None:
             raise ValueError("approach 3 needs a fitted chinchilla law")
         out[3] = approach3(fit)
+    n_col = df.attrs.get("n_column") or (fit.counting.get("N") if fit is not None else None)
+    for ap in out.values():
+        ap.extra.setdefault("N", n_col or "N")
+    if 3 in out and n_col and out[3].extra["N"] != n_col:
+        out[3].flags.append(
+            f"the fit counted N as {out[3].extra['N']} but the runs' N is {n_col}:"
+            " approach 3 is not comparable with approaches 1-2"
+        )
     return out

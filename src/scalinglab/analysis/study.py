@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from scalinglab.analysis.agreement import agreement
-from scalinglab.analysis.fit import DEFAULT_DELTA, Fit, fit_law
+from scalinglab.analysis.fit import DEFAULT_DELTA, Fit
 from scalinglab.analysis.laws import get_law
 from scalinglab.analysis.optimal import Approach, compute_optimal
-from scalinglab.analysis.tables import Source, load_source
+from scalinglab.analysis.options import FitOptions
+from scalinglab.analysis.tablefit import fit_table
+from scalinglab.analysis.tables import Source, law_columns, load_source
+from scalinglab.errors import FitInputError
 
 
 @dataclass
@@ -91,16 +95,22 @@ def run_study(
     spec = get_law(law)
     src = load_source(source, columns)
     runs = src.runs
-    cols = ["N", "D"] if len(spec.inputs) == 2 else ["C"]
-    fit = fit_law(
-        spec,
-        runs[cols].to_numpy(float),
-        runs["loss"].to_numpy(float),
+    try:
+        law_columns(runs, spec.inputs)
+    except FitInputError:
+        missing = [n for n in spec.inputs if n not in ("x", "M", "U") and n not in runs.columns]
+        raise FitInputError(
+            f"{src.name}: law {spec.name} needs column(s) {', '.join(map(repr, missing))}"
+            f" (its inputs: {', '.join(spec.inputs)})"
+        ) from None
+    curves = matching_curves(src)
+    options = FitOptions(
         delta=delta,
         bootstrap=bootstrap,
         seed=seed,
         starts=thin_grid(spec.start_grid(), n_starts),
     )
+    fit = fit_table(runs, spec, options, curves=curves, n_column=src.n_column)
     chosen = tuple(a for a in approaches if a != 3 or fit.law == "chinchilla")
     aps = compute_optimal(
         runs,
@@ -108,7 +118,7 @@ def run_study(
         approaches=chosen,
         bootstrap=bootstrap,
         seed=seed,
-        curves=src.curves,
+        curves=curves,
         method2=method2,
     )
     if 3 in approaches and 3 not in aps:
@@ -117,6 +127,23 @@ def run_study(
         aps[3] = approach3(fit)  # records why approach 3 is unavailable for this law
     tg = targets or default_targets(runs["C"].to_numpy(float))
     return Study(src, fit, aps, tuple(tg))
+
+
+def matching_curves(src: Source) -> pd.DataFrame | None:
+    """The learning curves with N taken from the same column as the runs' N (else None).
+
+    Approach 1 and the misfit noise read the curves; their N must be the N the fit and
+    approaches 2-3 use (``N_nonembed`` under Kaplan counting), whatever the curves record.
+    """
+    curves = src.curves
+    if curves is None or curves.attrs.get("n_column", "N") == src.n_column:
+        return curves
+    if src.n_column not in curves.columns:
+        return None
+    n = pd.to_numeric(curves[src.n_column], errors="coerce")
+    curves = curves.assign(N=n)[n > 0].reset_index(drop=True)
+    curves.attrs["n_column"] = src.n_column
+    return curves if len(curves) else None
 
 
 def thin_grid(grid: np.ndarray, n: int | None) -> np.ndarray:
@@ -183,27 +210,6 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _identifiability_lines(fit: Fit) -> list[str]:
-    """Whatever the fit says about which parameters the data pins down, one line each."""
-    ident = getattr(fit, "identifiability", None)
-    if ident is None:
-        return []
-    if hasattr(ident, "lines"):
-        return [str(v) for v in ident.lines()]
-    ident = _plain(ident)
-    if isinstance(ident, dict):
-        return [f"identifiability: {k}: {_words(v)}" for k, v in ident.items()]
-    if isinstance(ident, list):
-        return [f"identifiability: {_words(v)}" for v in ident]
-    return [f"identifiability: {ident}"]
-
-
-def _words(v: Any) -> str:
-    if isinstance(v, dict):
-        return ", ".join(f"{k} {val}" for k, val in v.items())
-    return str(v)
-
-
 def _ival(ci: tuple[float, float] | None, fmt: str = ".4g") -> str:
     return "" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
@@ -214,7 +220,7 @@ def _format(s: Study) -> list[str]:
     n_boot = 0 if f.samples is None else len(f.samples)
     lines = [
         f"{s.source.name}: {f.n_points} runs, law {f.law}, Huber delta {f.delta:g},"
-        f" {n_boot} bootstrap resamples (C from {s.source.compute_from})",
+        f" {n_boot} bootstrap resamples (C from {s.source.compute_from}, N = {s.source.n_column})",
         "",
         f"{'parameter':<10} {'estimate':>12}  {pct + ' interval':<28}",
     ]
@@ -223,12 +229,17 @@ def _format(s: Study) -> list[str]:
     state = d.status if d.converged else f"NOT CONVERGED ({d.status})"
     lines += [
         "",
-        f"fit: {state}, RMSE of log loss {f.rmse:.4g}, objective {f.loss:.4g};"
+        f"fit: {state}, objective {f.loss:.4g};"
         f" {d.n_at_best}/{d.n_starts} starts reached the best objective",
     ]
-    lines += _identifiability_lines(f)
+    lines += f.report_lines()
     lines += [f"warning: {w}" for w in fit_warnings(f)]
-    lines += ["", f"compute-optimal allocation: N_opt = k_N C^a, D_opt = k_D C^b ({pct})"]
+    n_col = s.source.n_column
+    lines += [
+        "",
+        f"compute-optimal allocation: N_opt = k_N C^a, D_opt = k_D C^b ({pct});"
+        f" N is {n_col}, C = {f.k:.3g} N D",
+    ]
     lines.append(f"{'approach':<16} {'a':>8} {'interval':<22} {'b':>8} {'interval':<22} unusable")
     for ap in s.approaches.values():
         share = f"{100 * ap.unusable_share:.0f}%" + ("" if ap.reliable else " UNRELIABLE")
@@ -245,17 +256,21 @@ def _format(s: Study) -> list[str]:
         lines += [f"  note: {flag}" for flag in ap.flags]
     lines += _agreement_lines(s.agreement)
     lines += ["", f"{'C (FLOPs)':>10} {'approach':<16} {'N_opt':>10} {'D_opt':>10} {'loss':>8}"]
+    lines[-1] += f"  (N_opt in {n_col})"
     for c in s.targets:
         for ap in s.approaches.values():
             if not ap.ok:
                 continue
             p = ap.predict(c)
-            loss = f.optimal(c)["loss"] if ap.name.startswith("3") else None
+            opt = f.optimal(c) if ap.name.startswith("3") else {}
+            loss = opt.get("loss")
             lines.append(
                 f"{c:>10.3g} {ap.name:<16} {p['N_opt']:>10.3g} {p['D_opt']:>10.3g}"
                 f" {'' if loss is None else f'{loss:.4g}':>8}"
                 f"  N {_ival(p.get('N_opt_ci'), '.3g')} D {_ival(p.get('D_opt_ci'), '.3g')}"
             )
+            if "warning" in opt:
+                lines.append(f"  warning: {opt['warning']}")
     return lines
 
 
