@@ -54,3 +54,17 @@ def tiny_trial(**overrides: Any) -> TrialConfig:
 @pytest.fixture
 def tiny() -> Any:
     return tiny_trial
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fit_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The fit commands' compilation cache goes to a test directory, not the user's cache."""
+    import os
+
+    old = os.environ.get("SCALINGLAB_FIT_CACHE")
+    os.environ["SCALINGLAB_FIT_CACHE"] = str(tmp_path_factory.mktemp("fit_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SCALINGLAB_FIT_CACHE", None)
+    else:
+        os.environ["SCALINGLAB_FIT_CACHE"] = old

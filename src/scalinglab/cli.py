@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from typer.core import TyperGroup
 
-from scalinglab.analysis_cli import fit_cmd, plot_cmd
+from scalinglab.analysis.cli import fit_cmd, plot_cmd
 from scalinglab.errors import ScalinglabError
 from scalinglab.models.cli import generate_cmd
 from scalinglab.sweep.cli import sweep_app

@@ -1,4 +1,4 @@
-"""Run-directory files (DESIGN.md "Run directory"): atomic writes, JSON, JSON lines.
+"""Run-directory files (see README.md, "Run directory"): atomic writes, JSON, JSON lines.
 
 Every file is written atomically (temp file, fsync, rename) so a crash leaves either the old
 file or the new one, never half of one.

@@ -7,7 +7,6 @@ Needs no training code: any table of runs with N, D and loss will do.
 from scalinglab.analysis.backtest import Backtest, backtest
 from scalinglab.analysis.custom import custom_law
 from scalinglab.analysis.fit import (
-    DataError,
     Fit,
     fit_chinchilla,
     fit_kaplan,
@@ -22,7 +21,6 @@ from scalinglab.analysis.tables import load_source
 __all__ = [
     "Approach",
     "Backtest",
-    "DataError",
     "Fit",
     "FitOptions",
     "approach1",

@@ -200,6 +200,3 @@ def fit_power_law(
 def _boot(bootstrap: int | None) -> dict[str, int]:
     """``bootstrap`` as an override only when given, so ``options.bootstrap`` is kept."""
     return {} if bootstrap is None else {"bootstrap": bootstrap}
-
-
-DataError = FitInputError  # the name this module used before scalinglab.errors existed

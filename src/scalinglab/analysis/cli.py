@@ -1,12 +1,9 @@
 """The ``fit`` and ``plot`` commands; ``scalinglab.cli`` registers them.
 
-They parse arguments, call ``analysis.study`` and print or write; a bad input
-ends in one ``error:`` line on stderr, exit status 2, and no file written. Both turn on the
-persistent compilation cache of ``analysis.cache`` first, so a second call loads the fit's
-compiled programs instead of compiling them again. The module lives
-outside ``scalinglab.analysis`` and imports it inside the commands: the analysis package
-imports pandas, whose pyarrow starts a thread, and ``scalinglab train`` must choose its
-allocator settings before any thread allocates (``scalinglab.hostmem``).
+They parse arguments, call ``analysis.study`` and print or write; a bad input raises, and the
+command group prints it as one ``error:`` line with exit status 2 and no file written. Both
+turn on the persistent compilation cache of ``analysis.cache`` first, so a second call loads
+the fit's compiled programs instead of compiling them again.
 """
 
 from __future__ import annotations
@@ -25,11 +22,6 @@ CACHE_HELP = (
     " ~/.cache/scalinglab/jax]"
 )
 CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP, show_default=False)]
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
 
 
 def fit_cmd(
@@ -54,27 +46,20 @@ def fit_cmd(
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""
     from scalinglab.analysis.cache import fit_cache
-    from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
 
-    try:
-        targets, chosen = parse_compute(compute), parse_approaches(approach)
-    except ValueError as e:
-        _fail(e)
+    targets, chosen = parse_compute(compute), parse_approaches(approach)
     with fit_cache(cache_dir):  # the report's predictions are jitted programs too
-        try:
-            study = run_study(
-                source,
-                law=law,
-                approaches=chosen,
-                bootstrap=bootstrap,
-                columns=columns,
-                targets=targets,
-                seed=seed,
-                n_starts=starts,
-            )
-        except (DataError, ValueError) as e:
-            _fail(e)
+        study = run_study(
+            source,
+            law=law,
+            approaches=chosen,
+            bootstrap=bootstrap,
+            columns=columns,
+            targets=targets,
+            seed=seed,
+            n_starts=starts,
+        )
         typer.echo(study.format())
         if json_file is not None:
             json_file.parent.mkdir(parents=True, exist_ok=True)
@@ -98,16 +83,10 @@ def plot_cmd(
 ) -> None:
     """Plot loss vs compute, IsoFLOP profiles, N_opt/D_opt vs C and observed vs predicted."""
     from scalinglab.analysis.cache import fit_cache
-    from scalinglab.analysis.fit import DataError
     from scalinglab.analysis.study import run_study
 
     with fit_cache(cache_dir):
-        try:
-            study = run_study(
-                source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts
-            )
-        except (DataError, ValueError) as e:
-            _fail(e)
+        study = run_study(source, law=law, bootstrap=bootstrap, columns=columns, n_starts=starts)
         from scalinglab.analysis.plots import plot_all  # matplotlib only once the fit succeeded
 
         src = study.source
