@@ -9,14 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from scalinglab.analysis_cli import fit_cmd, plot_cmd
+from scalinglab.cli import app  # the real command group: it turns user errors into one line
 
-app = typer.Typer()
-app.command("fit")(fit_cmd)
-app.command("plot")(plot_cmd)
 runner = CliRunner()
 
 
