@@ -222,3 +222,15 @@ def test_options_object_equals_keywords_and_samples_are_named():
     assert a.ci["beta"] == pytest.approx((lo, hi))
     with pytest.raises(FitInputError, match="unknown fit option"):
         F.fit_chinchilla(df, bootstrapp=3)
+
+
+def test_runs_table_is_fitted_on_the_N_that_C_counts():
+    # load_runs rows: the law holds in N_nonembed (C = 6 N_nonembed D under kaplan counting);
+    # total N adds an embedding that is a varying share of the model. Fitting total N would
+    # bend the law and miss the known parameters.
+    df = chinchilla_table().rename(columns={"N": "N_nonembed", "loss": "final_eval_loss"})
+    df["N"] = df["N_nonembed"] + 256 * 64 * (1 + np.arange(len(df)) % 3)
+    df["flop_counting"] = "kaplan"
+    fit = F.fit_chinchilla(df, starts=SMALL_GRID)
+    for k, v in TRUE.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-4), k

@@ -36,6 +36,7 @@ from scalinglab.analysis.multistart import (
 from scalinglab.analysis.options import FitOptions, resolve
 from scalinglab.analysis.profile import profile_E
 from scalinglab.analysis.result import Diagnostics, Fit, Samples
+from scalinglab.analysis.tables import counted_n
 from scalinglab.errors import FitInputError
 
 __all__ = [
@@ -166,10 +167,13 @@ def fit_chinchilla(
 ) -> Fit:
     """Fit ``L = E + A/N^alpha + B/D^beta`` to a table with N, D and loss columns.
 
-    The loss column may be ``loss`` or, as ``load_runs`` gives it, ``final_eval_loss``.
+    The loss column may be ``loss`` or, as ``load_runs`` gives it, ``final_eval_loss``. N is
+    the N that C counts: for runs counted ``kaplan`` (C = 6 N_nonembed D) with an
+    ``N_nonembed`` column, that column, so ``Fit.optimal`` splits C the way the runs spent it.
     Keyword arguments are ``FitOptions`` fields.
     """
-    X = np.stack([column(df, ("N",)), column(df, ("D",))], axis=1)
+    n_col = counted_n(df, {})[0] if hasattr(df, "columns") else "N"
+    X = np.stack([column(df, (n_col,)), column(df, ("D",))], axis=1)
     y = column(df, ("loss", "final_eval_loss"))
     return fit_law(CHINCHILLA, X, y, options, **_boot(bootstrap), **overrides)
 
