@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 SOURCE_HELP = "CSV/Parquet table (columns N, D, loss, optional C) or a sweep run directory"
+LAW_HELP = "chinchilla | kaplan | power (loss vs C) | overtraining | data_constrained"
 COLUMNS_HELP = "map other column names, e.g. N=params,D=tokens,loss=val_loss"
 CACHE_HELP = (
     "JAX compilation cache for the fit programs, 'off' to disable"
@@ -26,9 +27,7 @@ CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP, sh
 
 def fit_cmd(
     source: Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)],
-    law: Annotated[str, typer.Option(help="chinchilla | kaplan | power (loss vs C)")] = (
-        "chinchilla"
-    ),
+    law: Annotated[str, typer.Option(help=LAW_HELP)] = ("chinchilla"),
     approach: Annotated[str, typer.Option(help="compute-optimal approaches, e.g. 1,2,3")] = (
         "1,2,3"
     ),
@@ -73,7 +72,7 @@ def plot_cmd(
         Path | None,
         typer.Option(help="folder for PNG and SVG figures [default: SOURCE/plots or TABLE_plots]"),
     ] = None,
-    law: Annotated[str, typer.Option(help="chinchilla | kaplan | power")] = "chinchilla",
+    law: Annotated[str, typer.Option(help=LAW_HELP)] = "chinchilla",
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for bands")] = 200,
     columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
     starts: Annotated[
