@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -32,6 +33,9 @@ def test_train_step_benchmark_runs(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["results"][0]["d_model"] == 32
 
 
+# The fit command end to end is covered by test_analysis_cli and test_fit_cache, the benchmark's
+# scipy objective by the finite-difference test below; this whole-script run is the slow extra.
+@pytest.mark.slow
 def test_fit_benchmark_runs(tmp_path: Path) -> None:
     bench = _load("fit")
     out = tmp_path / "fit.json"
