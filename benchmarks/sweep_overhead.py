@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scalinglab.budget import plan_steps
 from scalinglab.sweep import load_runs, load_sweep, run_sweep
 from scalinglab.sweep.plan import _probe_worker
 from scalinglab.sweep.runner import default_workers
-from scalinglab.train.loop import plan_steps
 
 
 def shape_key(trial: Any) -> str:
