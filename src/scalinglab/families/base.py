@@ -170,6 +170,36 @@ def block_params(cfg: TransformerConfig) -> int:
     return norms + attn + mlp
 
 
+def stack_param_counts(cfg: TransformerConfig, token_rows: int) -> dict[str, int]:
+    """Counts of a single-stack transformer (GPT, BERT): a `token_rows` x d_model token table,
+    learned positions, an untied head when not tied, `n_layer` blocks and the final norm."""
+    d = cfg.d_model
+    embedding = token_rows * d
+    if cfg.positions == "learned":
+        embedding += cfg.position_rows() * d
+    if not cfg.tie_embeddings:
+        embedding += d * cfg.vocab_size
+    non_embedding = cfg.n_layer * block_params(cfg) + 2 * d  # + norm_f
+    return {
+        "total": embedding + non_embedding,
+        "embedding": embedding,
+        "non_embedding": non_embedding,
+    }
+
+
+def stack_flops_per_token(
+    cfg: TransformerConfig, non_embedding: int, seq_len: int, counting: str, attention: float
+) -> float:
+    """Training FLOPs per token of a single-stack transformer: `kaplan` 6 N_nonembed; `full`
+    3 x (2 N_nonembed + 2 V d + `attention` L T d), `attention` being 2 for causal scores and
+    values (half the pairs) and 4 for bidirectional."""
+    if counting == "kaplan":
+        return 6.0 * non_embedding
+    d = cfg.d_model
+    forward = 2.0 * non_embedding + 2.0 * cfg.vocab_size * d + attention * cfg.n_layer * seq_len * d
+    return 3.0 * forward
+
+
 def transformer_step_temp_bytes(
     cfg: TransformerConfig, layers: int, batch_size: int, seq_len: int
 ) -> int:

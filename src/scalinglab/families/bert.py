@@ -20,7 +20,8 @@ from pydantic import Field
 from scalinglab.families.base import (
     Family,
     TransformerConfig,
-    block_params,
+    stack_flops_per_token,
+    stack_param_counts,
     transformer_step_temp_bytes,
 )
 from scalinglab.families.common import (
@@ -145,28 +146,13 @@ def build_task(cfg: TrialConfig, model: nn.Module) -> MaskedLM:
 
 def param_counts(cfg: BertConfig) -> dict[str, int]:
     """Total, embedding and non-embedding parameters (see the module docstring)."""
-    d, v = cfg.d_model, cfg.vocab_size
-    embedding = (v + 1) * d
-    if cfg.positions == "learned":
-        embedding += cfg.position_rows() * d
-    if not cfg.tie_embeddings:
-        embedding += d * v
-    non_embedding = cfg.n_layer * block_params(cfg) + 2 * d  # + norm_f
-    return {
-        "total": embedding + non_embedding,
-        "embedding": embedding,
-        "non_embedding": non_embedding,
-    }
+    return stack_param_counts(cfg, cfg.vocab_size + 1)  # + one [MASK] row
 
 
 def flops_per_token(cfg: BertConfig, seq_len: int, counting: str) -> float:
     """Training FLOPs per token under `counting` (see the module docstring)."""
     n_ne = param_counts(cfg)["non_embedding"]
-    if counting == "kaplan":
-        return 6.0 * n_ne
-    d = cfg.d_model
-    forward = 2.0 * n_ne + 2.0 * cfg.vocab_size * d + 4.0 * cfg.n_layer * seq_len * d
-    return 3.0 * forward
+    return stack_flops_per_token(cfg, n_ne, seq_len, counting, attention=4.0)
 
 
 def step_temp_bytes(cfg: BertConfig, batch_size: int, seq_len: int) -> int:
