@@ -103,14 +103,11 @@ def configure_host_memory(temp_bytes: int, environ: Mapping[str, str] | None = N
 
 
 def _mallopt_retain() -> bool:
-    if not sys.platform.startswith("linux"):
+    if not _is_glibc():
         return False
     try:
-        libc_version = os.confstr("CS_GNU_LIBC_VERSION") or ""
         mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (AttributeError, ValueError, OSError):
-        return False
-    if not libc_version.startswith("glibc"):
+    except (AttributeError, OSError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -163,6 +160,10 @@ def restart_with_choice(temp_bytes: int, environ: Mapping[str, str] | None = Non
 
 
 def _is_glibc() -> bool:
-    return sys.platform.startswith("linux") and (
-        os.confstr("CS_GNU_LIBC_VERSION") or ""
-    ).startswith("glibc")
+    """Linux with glibc: the only platform whose allocator settings this module knows."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
