@@ -79,6 +79,7 @@ def test_evaluate_mean_and_standard_error() -> None:
     se = statistics.stdev(per_batch) / math.sqrt(len(per_batch))
     assert loop.record["eval_loss_se"] == pytest.approx(se, rel=1e-12)
     assert loop.host.last_eval_metrics == loop.record
+    assert loop.host.last_eval_batches == per_batch  # kept for the paired noise of the sweep
     assert hk.standard_error([1.0]) is None
     bad = hk.Evaluate(10, lambda state, val: {"loss": np.array([1.0, np.inf])}, val=None)
     loop = _loop(10)

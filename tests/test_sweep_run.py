@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -292,3 +293,38 @@ def test_cli_plan_status_and_bad_file(tmp_path: Path) -> None:
     assert "bad.yaml:3: model.activation: not allowed" in res.output
     res = cli.invoke(app, ["sweep", "status", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no such sweep directory" in res.output
+
+
+def test_paired_eval_noise_sees_through_shared_batch_difficulty() -> None:
+    """Runs scored on the same batches: the batch-difficulty spread cancels, the per-run
+    noise does not. Checked against the closed form E[se^2] = s^2 / n_batches."""
+    from scalinglab.sweep.store import paired_eval_noise
+
+    rng = np.random.default_rng(0)
+    s, n_batches, k, groups = 0.01, 8, 4, 1500
+    ratios, raw = [], []
+    for _ in range(groups):
+        hard = rng.normal(3.0, 0.5, n_batches)  # text difficulty shared by every run
+        rows = [
+            {
+                "eval_loss_batches": list(hard + 0.1 * i + s * rng.standard_normal(n_batches)),
+                "data.source": "stdlib",
+                "train.batch_size": 32,
+            }
+            for i in range(k)
+        ]
+        raw.append(np.std(rows[0]["eval_loss_batches"], ddof=1) / np.sqrt(n_batches))
+        paired_eval_noise(rows)
+        ratios += [r["final_eval_loss_se_paired"] ** 2 / (s**2 / n_batches) for r in rows]
+        assert all("eval_loss_batches" not in r for r in rows)
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.03)  # sd of this mean is about 0.01
+    assert np.median(raw) > 20 * s / np.sqrt(n_batches)  # what the unpaired se would say
+
+    # Different evaluation settings are different batches: never paired; a lone run gets NaN.
+    rows = [
+        {"eval_loss_batches": [2.0, 2.1, 2.2], "train.batch_size": 32},
+        {"eval_loss_batches": [2.0, 2.2, 2.2], "train.batch_size": 64},
+        {"eval_loss_batches": None, "train.batch_size": 32},
+    ]
+    paired_eval_noise(rows)
+    assert all(np.isnan(r["final_eval_loss_se_paired"]) for r in rows)

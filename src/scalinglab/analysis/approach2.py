@@ -12,7 +12,9 @@ Budgets are the sweep's nominal IsoFLOP budgets when the table has them
 chain wider than ``SPAN_TOL`` is refused. A budget whose lowest loss sits at
 its smallest or largest sampled size is dropped and named: its minimum is not
 bracketed. Noise for the re-interpolations is the evaluation noise when the
-table has ``final_eval_loss_se`` (or ``loss_se``), else the spread between
+table has it: ``final_eval_loss_se_paired`` (runs scored on the same validation
+batches, compared batch by batch; see ``sweep.store``), else ``final_eval_loss_se``
+or ``loss_se``; else the spread between
 repeated runs (seeds) of one size and budget when there are any, else the
 residual scale of a quadratic in log N fitted to each budget's log loss,
 pooled (an upper bound where profiles are not quadratic). When the minima scatter about the power
@@ -40,7 +42,7 @@ METHODS = ("akima", "parabola")
 ISOFLOP_TOL = 0.05  # runs closer than this in log10 C chain into one budget (~12%)
 SPAN_TOL = 1.25  # a chained budget spanning more than this ratio (max C / min C) is refused
 NOMINAL_COLUMNS = ("isoflop_C", "train.budget.flops")
-SE_COLUMNS = ("final_eval_loss_se", "loss_se")
+SE_COLUMNS = ("final_eval_loss_se_paired", "final_eval_loss_se", "loss_se")  # first usable wins
 FINE_GRID = 1000  # points of the fine log N grid the Akima spline is minimised on
 NOISE_DRAWS = 200  # re-interpolations per budget when no bootstrap is asked for
 NAME = "2: IsoFLOP"

@@ -3,7 +3,8 @@ parameter and by size, and the runs that sit far off the law, by name.
 
 Residuals are in log loss (``log predicted - log observed``, about the relative error).
 The evaluation noise, also in log loss, comes from the runs' own standard error of the
-final evaluation (``final_eval_loss_se``) when the table has it; otherwise from the
+final evaluation when the table has it: ``final_eval_loss_se_paired`` (the runs compared
+batch by batch on shared validation batches) before ``final_eval_loss_se``; otherwise from the
 spread of each run's last few evaluation points around a straight line (learning
 curves); otherwise it is unknown and said to be.
 """
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scalinglab.analysis.approach2 import SE_COLUMNS
+
 OUTLIER_MIN = 0.01  # a run must be at least 1% off the law to be named
 MISFIT_RATIO = 3.0  # RMSE this many times the evaluation noise: the law misses the runs
 TPP_EDGES = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, np.inf)  # tokens per parameter bins
@@ -23,11 +26,13 @@ LAST_POINTS = 4  # evaluation points per curve used to estimate the noise
 
 def eval_noise(runs: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[float | None, str]:
     """Typical evaluation noise in log loss and where it came from."""
-    if "final_eval_loss_se" in runs.columns:
-        rel = pd.to_numeric(runs["final_eval_loss_se"], errors="coerce") / runs["loss"]
+    for col in SE_COLUMNS:
+        if col not in runs.columns:
+            continue
+        rel = pd.to_numeric(runs[col], errors="coerce") / runs["loss"]
         rel = rel[np.isfinite(rel) & (rel > 0)]
         if len(rel):
-            return float(np.median(rel)), "final_eval_loss_se of the runs"
+            return float(np.median(rel)), f"{col} of the runs"
     if curves is not None and {"trial_id", "loss"} <= set(curves.columns):
         per_run = []
         for _, c in curves.groupby("trial_id"):

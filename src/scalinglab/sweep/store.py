@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -75,6 +76,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
         row.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
         # Every other final eval metric the task reported (eval_accuracy for classifiers, ...).
         row.update({k: v for k, v in summary.items() if k.startswith("final_eval_")})
+        row[_BATCHES] = summary.get("eval_loss_batches") or None
     else:  # not trained yet: what the config alone tells
         try:
             counts = param_counts(parse_model_config(cfg.get("model", {})))
@@ -88,12 +90,51 @@ def _row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+_BATCHES = "eval_loss_batches"
+_SHARED_EVAL = ("train.batch_size", "train.eval_tokens")
+
+
+def paired_eval_noise(rows: list[dict[str, Any]]) -> None:
+    """Add ``final_eval_loss_se_paired`` to each row (and drop its per-batch losses).
+
+    Runs with the same data and evaluation settings are scored on the same validation
+    batches, so what varies between them is not which text was drawn but how each model
+    does on it. The noise that matters when runs are compared is therefore the standard
+    error of a run's per-batch losses minus the batch-wise mean over its group, much
+    smaller than ``final_eval_loss_se`` (the spread of text difficulty between batches).
+    Groups of one run get NaN.
+    """
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        shared = sorted((k, str(v)) for k, v in row.items() if k.startswith("data."))
+        return (len(row[_BATCHES]), *shared, *(str(row.get(k)) for k in _SHARED_EVAL))
+
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        batches = row.get(_BATCHES)
+        row["final_eval_loss_se_paired"] = float("nan")
+        if batches and len(batches) >= 2 and np.all(np.isfinite(batches)):
+            groups.setdefault(key(row), []).append(row)
+    for members in groups.values():
+        k = len(members)
+        if k < 2:
+            continue
+        B = np.array([m[_BATCHES] for m in members], dtype=float)
+        dev = (B - B.mean(axis=0)) * np.sqrt(k / (k - 1))  # undo the shrinkage of a shared mean
+        se = dev.std(axis=1, ddof=1) / np.sqrt(B.shape[1])
+        for m, v in zip(members, se, strict=True):
+            m["final_eval_loss_se_paired"] = float(v)
+    for row in rows:
+        row.pop(_BATCHES, None)
+
+
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per trial: trial_id, status, error, attempts, N, N_nonembed, D, C,
     final/best eval loss, steps, wall_s, `loss` (= final_eval_loss, what the fits read),
     `isoflop_C` (the nominal budget; C is what the whole steps actually spent) and every config
     field as a dotted column (model.d_model, seed, ...). Unfinished trials have NaN results."""
     rows = [_row(d) for d in trial_dirs(sweep_dir)]
+    paired_eval_noise(rows)
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=["trial_id", "status", "N", "N_nonembed", "D", "C", "loss"])

@@ -47,6 +47,7 @@ class HostState:
     best_eval: float | None = None
     last_eval: float | None = None
     last_eval_metrics: dict[str, float] = field(default_factory=dict)
+    last_eval_batches: list[float] = field(default_factory=list)
     bad_evals: int = 0
     wall_s: float = 0.0
     data_sha256: str | None = None
@@ -172,6 +173,8 @@ class Evaluate(Hook):
     """Every `every` steps and at the end: the mean of each eval metric over the validation
     batches, and `eval_loss_se`, the standard error of that mean loss (sample standard
     deviation over the batches / sqrt(batches); null with one batch or a non-finite loss).
+    The last evaluation's per-batch losses are kept for the summary (``eval_loss_batches``):
+    runs scored on the same batches are compared through them (``sweep.store``).
     A non-finite eval loss ends the trial as diverged (after its record is written)."""
 
     at_end = True
@@ -184,8 +187,10 @@ class Evaluate(Hook):
         rec = loop.record
         for name, per_batch in evals.items():
             rec[f"eval_{name}"] = float(np.mean([float(x) for x in per_batch]))
-        rec["eval_loss_se"] = standard_error([float(x) for x in evals["loss"]])
+        batches = [float(x) for x in evals["loss"]]
+        rec["eval_loss_se"] = standard_error(batches)
         ev = rec["eval_loss"]
+        loop.host.last_eval_batches = batches
         loop.host.last_eval = ev
         loop.host.last_eval_metrics = {k: v for k, v in rec.items() if k.startswith("eval_")}
         if not math.isfinite(ev):

@@ -202,6 +202,7 @@ def _summary(
         "final_eval_loss": host.last_eval,
         **{f"final_{k}": v for k, v in host.last_eval_metrics.items() if k != "eval_loss"},
         "best_eval_loss": host.best_eval,
+        "eval_loss_batches": host.last_eval_batches,
         "diverged": diverged,
         "diverged_step": loop.stopped_at if diverged else None,
         "wall_s": host.wall_s,
