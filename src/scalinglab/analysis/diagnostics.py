@@ -17,13 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from scalinglab.analysis import lbfgs as _lbfgs
 from scalinglab.analysis.laws import Law
-from scalinglab.analysis.multistart import converged
+from scalinglab.analysis.multistart import converged, log_jacobian
 from scalinglab.analysis.result import Diagnostics, Identifiability
 
 COEF_SPAN = 100.0  # a coefficient interval wider than this factor says little
@@ -73,13 +71,13 @@ def solver_diagnostics(
         warnings.append(f"optimum at or past a bound for {', '.join(at_bound)}")
 
     if raw_samples is not None and len(raw_samples) > 2:
-        corr = np.corrcoef(raw_samples, rowvar=False)
+        corr = sample_corr(raw_samples)
     else:
         corr = gauss_newton_corr(law, raw, logX)
     names = law.param_names
+    rounded = [[float(np.round(c, 6)) if np.isfinite(c) else None for c in row] for row in corr]
     correlations = {
-        a: {b: float(np.round(corr[i, j], 6)) for j, b in enumerate(names)}
-        for i, a in enumerate(names)
+        a: dict(zip(names, row, strict=True)) for a, row in zip(names, rounded, strict=True)
     }
     if n_failed:
         warnings.append(f"{n_failed} bootstrap refits did not converge")
@@ -98,10 +96,20 @@ def solver_diagnostics(
     )
 
 
+def sample_corr(samples: np.ndarray) -> np.ndarray:
+    """Correlations between the columns of ``samples``; NaN (no warning) where a column is
+    constant, as when every resample pins a parameter at the same bound."""
+    x = samples - samples.mean(axis=0)
+    cov = x.T @ x
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = cov / np.outer(sd, sd)
+    return np.where(np.outer(sd, sd) > 0, np.clip(corr, -1.0, 1.0), np.nan)
+
+
 def gauss_newton_corr(law: Law, raw: np.ndarray, logX: np.ndarray) -> np.ndarray:
     """Parameter correlations from the Gauss-Newton covariance (J^T J)^-1 of log residuals."""
-    with jax.enable_x64(True):
-        J = np.asarray(jax.jacfwd(law.log_fn)(jnp.asarray(raw), jnp.asarray(logX)))
+    J = log_jacobian(law, raw, logX)
     cov = np.linalg.pinv(J.T @ J)
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
     return np.clip(cov / np.outer(sd, sd), -1.0, 1.0)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from scalinglab.analysis.diagnostics import identifiability, solver_diagnostics
@@ -29,6 +27,7 @@ from scalinglab.analysis.multistart import (
     DEFAULT_DELTA,
     distinct_best,
     huber,
+    log_predict,
     multistart,
     objective,
     refit_weighted,
@@ -106,8 +105,7 @@ def fit_law(
         nat = np.where(np.asarray(law.logged), np.exp(raw_samples), raw_samples)
         samples = Samples(nat, columns=list(law.param_names))
 
-    with jax.enable_x64(True):
-        resid = np.asarray(law.log_fn(jnp.asarray(raw), jnp.asarray(logX))) - logy
+    resid = log_predict(law, raw, logX) - logy
     params = law.to_natural(raw)
     ci: dict[str, tuple[float, float]] = {}
     if samples is not None:

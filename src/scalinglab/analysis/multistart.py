@@ -24,7 +24,7 @@ from scalinglab.analysis import lbfgs as _lbfgs
 from scalinglab.analysis.laws import CHINCHILLA, Law
 
 DEFAULT_DELTA = 1e-3
-CHUNK_PASSES = 64  # objective evaluations per start between compactions of the running starts
+CHUNK_PASSES = 16  # objective evaluations per start between compactions of the running starts
 
 
 def huber(r: jax.Array, delta: float) -> jax.Array:
@@ -39,46 +39,58 @@ def objective(
     logy: jax.Array,
     weights: jax.Array,
     delta: float,
+    frozen: jax.Array | None = None,
     law: Law = CHINCHILLA,
 ) -> jax.Array:
-    """Weighted *sum* of Huber losses of log-loss residuals (weights: bootstrap counts)."""
+    """Weighted *sum* of Huber losses of log-loss residuals (weights: bootstrap counts).
+
+    ``frozen`` (P,) marks raw parameters held at their start value: their gradient is cut,
+    and L-BFGS never moves a coordinate whose gradient is always zero (profiles use it).
+    """
+    if frozen is not None:
+        raw = jnp.where(frozen, jax.lax.stop_gradient(raw), raw)
     r = law.log_fn(raw, logX) - logy
     return jnp.sum(weights * huber(r, delta))
 
 
-@partial(jax.jit, static_argnames=("law", "batched_data"))
+# One program per (law, lane width) for each of these two: weights are always per lane and
+# the frozen mask is data, so the full fit, the bootstrap, back-test and profile refits of a
+# process share them (tracing a vmapped L-BFGS program costs more than running it here).
+
+
+@partial(jax.jit, static_argnames=("law",))
 def _init(
     starts: jax.Array,
     logX: jax.Array,
     logy: jax.Array,
     weights: jax.Array,
     delta: float,
+    frozen: jax.Array,
     gtol: float,
     *,
     law: Law,
-    batched_data: bool,
 ) -> Any:
-    """L-BFGS states of every row of ``starts`` (weights batched or shared)."""
+    """L-BFGS states of every row of ``starts``, each with its row of ``weights``."""
     fun = partial(objective, law=law)
 
     def one(x0, w):
-        return _lbfgs.lbfgs_init(fun, x0, logX, logy, w, delta, gtol=gtol)
+        return _lbfgs.lbfgs_init(fun, x0, logX, logy, w, delta, frozen, gtol=gtol)
 
-    return jax.vmap(one, in_axes=(0, 0 if batched_data else None))(starts, weights)
+    return jax.vmap(one)(starts, weights)
 
 
-@partial(jax.jit, static_argnames=("law", "batched_data", "max_iter", "max_passes"))
+@partial(jax.jit, static_argnames=("law", "max_iter", "max_passes"))
 def _advance(
     states: Any,
     logX: jax.Array,
     logy: jax.Array,
     weights: jax.Array,
     delta: float,
+    frozen: jax.Array,
     gtol: float,
     ftol: float,
     *,
     law: Law,
-    batched_data: bool,
     max_iter: int,
     max_passes: int,
 ) -> Any:
@@ -93,21 +105,31 @@ def _advance(
             logy,
             w,
             delta,
+            frozen,
             max_iter=max_iter,
             gtol=gtol,
             ftol=ftol,
             max_passes=max_passes,
         )
 
-    return jax.vmap(one, in_axes=(0, 0 if batched_data else None))(states, weights)
+    return jax.vmap(one)(states, weights)
 
 
-def _bucket(n: int, total: int) -> int:
-    """Lane count for ``n`` running starts: ``total / 2**k``, so few shapes get compiled."""
-    size = total
-    while size // 2 >= n and size > 64:
-        size = (size + 1) // 2
-    return max(size, n)
+LANES = 512  # widest vmapped batch: bigger problems run as several calls of this width
+NARROW = 64  # the one narrower width, for the few starts still running at the end
+
+
+def _lanes(n: int) -> int:
+    """Lane count for ``n`` running starts: ``NARROW`` or ``LANES``.
+
+    Two widths only, so every call of a process reuses the same few shapes: tracing a
+    vmapped L-BFGS program costs more than the padding it would save.
+    """
+    return NARROW if n <= NARROW else LANES
+
+
+def _pad(idx: np.ndarray, lanes: int) -> np.ndarray:
+    return np.concatenate([idx, np.full(lanes - idx.size, idx[0])])
 
 
 def multistart(
@@ -117,6 +139,7 @@ def multistart(
     starts: np.ndarray,
     *,
     weights: np.ndarray | None = None,
+    frozen: np.ndarray | None = None,
     delta: float = DEFAULT_DELTA,
     max_iter: int = 500,
     gtol: float = 1e-9,
@@ -125,47 +148,94 @@ def multistart(
     """Minimise the objective from each start; numpy arrays with a leading start axis.
 
     ``weights`` of shape (n,) are shared by all starts; of shape (S, n) give
-    each start its own (bootstrap) data. The starts run vmapped in chunks of
-    ``CHUNK_PASSES`` passes; between chunks the finished ones are set aside, so
-    the work follows the typical start rather than the slowest. Each start follows the
-    same trajectory as in one long loop, up to floating-point rounding (the vectorised
-    width changes).
+    each start its own (bootstrap) data. ``frozen`` (P,) booleans hold those raw
+    parameters at their start values (a profile). The starts run vmapped, at most ``LANES`` per
+    call, in chunks of ``CHUNK_PASSES`` passes; between chunks the finished ones are set
+    aside, so the work follows the typical start rather than the slowest. Each start
+    follows the same trajectory as in one long loop, up to floating-point rounding (the
+    vectorised width changes). The bookkeeping between chunks is numpy on the host.
     """
     with jax.enable_x64(True):
-        batched = np.ndim(weights) == 2
-        w_all = np.ones(len(logy)) if weights is None else np.asarray(weights, np.float64)
-        data = (jnp.asarray(logX, jnp.float64), jnp.asarray(logy, jnp.float64))
-        static = {"law": law, "batched_data": batched}
-        states = _init(
-            jnp.asarray(starts, jnp.float64), *data, jnp.asarray(w_all), delta, gtol, **static
-        )
-        full = jax.tree_util.tree_map(np.array, states)  # host copy, updated per chunk
+        starts = np.asarray(starts, np.float64)
         total = len(starts)
+        w_all = np.ones(len(logy)) if weights is None else np.asarray(weights, np.float64)
+        if w_all.ndim == 1:
+            w_all = np.broadcast_to(w_all, (total, len(logy)))
+        data = (np.asarray(logX, np.float64), np.asarray(logy, np.float64))
+        mask = np.zeros(starts.shape[1], bool) if frozen is None else np.asarray(frozen, bool)
+        static = {"law": law}
+        full = None
+        for lo in range(0, total, LANES):
+            idx = np.arange(lo, min(lo + LANES, total))
+            pad = _pad(idx, _lanes(idx.size))
+            part = _init(starts[pad], *data, w_all[pad], delta, mask, gtol, **static)
+            part = jax.device_get(part)
+            if full is None:
+                full = jax.tree_util.tree_map(
+                    lambda a: np.empty((total, *a.shape[1:]), a.dtype), part
+                )
+            for leaf_full, leaf in zip(
+                jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(part), strict=True
+            ):
+                leaf_full[idx] = leaf[: idx.size]
         active = np.flatnonzero(full.status == _lbfgs.RUNNING)
         while active.size:
-            lanes = _bucket(active.size, total)
-            idx = np.concatenate([active, np.full(lanes - active.size, active[0])])
-            sub = jax.tree_util.tree_map(lambda a, idx=idx: jnp.asarray(a[idx]), full)
-            w = jnp.asarray(w_all[idx] if batched else w_all)
-            sub = _advance(
-                sub,
-                *data,
-                w,
-                delta,
-                gtol,
-                ftol,
-                max_iter=max_iter,
-                max_passes=CHUNK_PASSES,
-                **static,
-            )
-            sub = jax.tree_util.tree_map(np.asarray, sub)
-            for leaf_full, leaf_sub in zip(
-                jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(sub), strict=True
-            ):
-                leaf_full[active] = leaf_sub[: active.size]
+            for lo in range(0, active.size, LANES):
+                idx = active[lo : lo + LANES]
+                pad = _pad(idx, _lanes(idx.size))
+                sub = jax.tree_util.tree_map(lambda a, pad=pad: a[pad], full)
+                sub = _advance(
+                    sub,
+                    *data,
+                    w_all[pad],
+                    delta,
+                    mask,
+                    gtol,
+                    ftol,
+                    max_iter=max_iter,
+                    max_passes=CHUNK_PASSES,
+                    **static,
+                )
+                sub = jax.device_get(sub)
+                for leaf_full, leaf_sub in zip(
+                    jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(sub), strict=True
+                ):
+                    leaf_full[idx] = leaf_sub[: idx.size]
             active = active[full.status[active] == _lbfgs.RUNNING]
-        res = _lbfgs.result(jax.tree_util.tree_map(jnp.asarray, full))
-        return {k: np.asarray(v) for k, v in res._asdict().items()}
+        return {
+            "x": full.x,
+            "value": full.f,
+            "grad_norm": np.max(np.abs(full.g), axis=-1),
+            "n_iter": full.k,
+            "n_eval": full.n_eval,
+            "status": full.status,
+        }
+
+
+@partial(jax.jit, static_argnames=("law",))
+def _log_predict(raw: jax.Array, logX: jax.Array, *, law: Law) -> jax.Array:
+    return law.log_fn(raw, logX)
+
+
+@partial(jax.jit, static_argnames=("law",))
+def _log_jacobian(raw: jax.Array, logX: jax.Array, *, law: Law) -> jax.Array:
+    return jax.jacfwd(law.log_fn)(raw, logX)
+
+
+def log_jacobian(law: Law, raw: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    """d log loss / d raw parameters at each input row, (n, P) (one jitted program)."""
+    with jax.enable_x64(True):
+        return np.asarray(
+            _log_jacobian(np.asarray(raw, np.float64), np.asarray(logX, np.float64), law=law)
+        )
+
+
+def log_predict(law: Law, raw: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    """The law's log loss at raw parameters ``raw`` and inputs ``logX`` (one jitted program)."""
+    with jax.enable_x64(True):
+        return np.asarray(
+            _log_predict(np.asarray(raw, np.float64), np.asarray(logX, np.float64), law=law)
+        )
 
 
 def converged(status: int, grad_norm: float) -> bool:

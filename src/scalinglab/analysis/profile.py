@@ -10,19 +10,17 @@ chi-square(1) quantile of the confidence level (3.84 at 95%), interpolated linea
 between grid points. Unlike the bootstrap, it does not need the optimum to be stable
 under resampling, which is exactly when E is in doubt.
 
-E is held fixed inside the same vectorised solver by cutting its gradient
-(``stop_gradient``): L-BFGS never moves a coordinate whose gradient is always zero, so
-all grid points run as one batch of starts.
+E is held fixed inside the same vectorised solver by cutting its gradient (the
+``frozen`` mask of ``multistart``): L-BFGS never moves a coordinate whose gradient is
+always zero, so all grid points run as one batch of starts, in the same compiled program
+as the fit itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from functools import lru_cache
 from statistics import NormalDist
 from typing import Any
 
-import jax
 import numpy as np
 
 from scalinglab.analysis.laws import Law
@@ -36,17 +34,6 @@ def chi2_1(confidence: float) -> float:
     """Quantile of the chi-square distribution with one degree of freedom."""
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
     return z * z
-
-
-@lru_cache(maxsize=32)
-def _fixed(law: Law, index: int) -> Law:
-    """``law`` with raw parameter ``index`` frozen at its start value."""
-    base = law.log_fn
-
-    def log_fn(theta, logX):
-        return base(theta.at[index].set(jax.lax.stop_gradient(theta[index])), logX)
-
-    return replace(law, name=f"{law.name}[{law.raw_names[index]} fixed]", log_fn=log_fn)
 
 
 def profile_E(
@@ -83,7 +70,8 @@ def profile_E(
     rows = np.repeat(starts, len(grid), axis=0).reshape(k, len(grid), -1).transpose(1, 0, 2)
     rows = rows.copy()
     rows[:, :, i] = np.log(grid)[:, None]
-    res = multistart(_fixed(law, i), logX, logy, rows.reshape(-1, starts.shape[1]), **opts)
+    frozen = np.arange(starts.shape[1]) == i
+    res = multistart(law, logX, logy, rows.reshape(-1, starts.shape[1]), frozen=frozen, **opts)
     pv = np.where(np.isfinite(res["value"]), res["value"], np.inf).reshape(len(grid), k)
     ssr = np.minimum(2.0 * pv.min(axis=1), np.inf)
     ssr_min = min(ssr_min, float(np.min(ssr)))

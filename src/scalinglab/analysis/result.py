@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from scalinglab.analysis.intervals import interval
 from scalinglab.analysis.laws import Law, chinchilla_allocation, get_law
+from scalinglab.analysis.multistart import log_predict
 from scalinglab.errors import FitInputError
 
 KAPLAN_K = 6.0  # FLOPs per parameter per token when C = 6 N D
@@ -81,7 +80,7 @@ class Diagnostics:
     grad_norm: float
     on_grid_edge: list[str]
     at_bound: list[str]
-    correlations: dict[str, dict[str, float]]
+    correlations: dict[str, dict[str, float | None]]  # None: a parameter that never moved
     bootstrap_failed: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -171,8 +170,7 @@ class Fit:
             raise FitInputError(f"law {self.law} needs inputs {', '.join(law.inputs)}")
         arrs = np.broadcast_arrays(*[np.asarray(cols[n], dtype=np.float64) for n in law.inputs])
         logX = np.stack([np.log(a).ravel() for a in arrs], axis=1)
-        with jax.enable_x64(True):
-            out = np.exp(np.asarray(law.log_fn(jnp.asarray(self.raw), jnp.asarray(logX))))
+        out = np.exp(log_predict(law, self.raw, logX))
         return out.reshape(arrs[0].shape)
 
     def report_lines(self) -> list[str]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -21,6 +19,7 @@ from scalinglab.analysis.diagnostics import floor_check
 from scalinglab.analysis.fit import fit_law
 from scalinglab.analysis.laws import Law, get_law
 from scalinglab.analysis.misfit import eval_noise, misfit_report
+from scalinglab.analysis.multistart import log_predict
 from scalinglab.analysis.options import FitOptions, resolve
 from scalinglab.analysis.result import KAPLAN_K, Fit
 from scalinglab.analysis.tables import counting_of, flops_per_param_token, law_columns
@@ -53,8 +52,7 @@ def fit_table(
     fit.counting = counting_info(runs, n_column)
     warnings += counting_warnings(fit.counting)
 
-    with jax.enable_x64(True):
-        logpred = np.asarray(spec.log_fn(jnp.asarray(fit.raw), jnp.asarray(np.log(X))))
+    logpred = log_predict(spec, fit.raw, np.log(X))
     resid = logpred - np.log(y)
     noise, source = eval_noise(runs, curves)
     fit.misfit, w = misfit_report(runs, resid, noise, source, fit.params, opts.outlier_z)

@@ -1,26 +1,39 @@
 """The Flax modules of every family, `build_model` (through the family registry) and
-parameter counting from a parameter pytree."""
+parameter counting from a parameter pytree. The module classes are imported on first use,
+so importing a submodule (the `generate` command) does not load Flax."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 
-from scalinglab.families import get_family
-from scalinglab.families.base import FamilyConfig
-from scalinglab.models.bert import Bert
-from scalinglab.models.gpt import GPT
-from scalinglab.models.mlp import MLP
-from scalinglab.models.resnet import ResNet
-from scalinglab.models.t5 import T5
+if TYPE_CHECKING:
+    import flax.linen as nn
+
+    from scalinglab.families.base import FamilyConfig
+
+_CLASSES = {
+    "Bert": "scalinglab.models.bert",
+    "GPT": "scalinglab.models.gpt",
+    "MLP": "scalinglab.models.mlp",
+    "ResNet": "scalinglab.models.resnet",
+    "T5": "scalinglab.models.t5",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'scalinglab.models' has no attribute {name!r}")
 
 
 def build_model(cfg: FamilyConfig) -> nn.Module:
     """The Flax module of `cfg.family` (its `Family.build_model`); an unknown family is an
     error listing the registered ones."""
+    from scalinglab.families import get_family
+
     return get_family(cfg).build_model(cfg)
 
 
@@ -40,6 +53,8 @@ def count_params(params: Any) -> dict[str, int]:
     the position embedding and the unembedding (the untied `lm_head`; a tied head shares the
     token embedding). LayerNorm parameters and biases count as non-embedding.
     """
+    import jax
+
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
     counts = {"total": 0, "embedding": 0, "non_embedding": 0}

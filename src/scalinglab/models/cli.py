@@ -8,11 +8,12 @@ printing only; the restore and the sampling live in importable functions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from scalinglab.config import TrialConfig
+if TYPE_CHECKING:
+    from scalinglab.config import TrialConfig
 
 
 def load_params(run_dir: Path) -> tuple[TrialConfig, Any, int]:
