@@ -152,6 +152,16 @@ def bad_tables(table: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "negative": (df.assign(loss=-df.loss), "'loss' has 24 non-positive"),
         "nan": (df.assign(N=df.N.where(df.index > 0)), "'N' has 1 non-positive"),
         "few": (df.head(3), "5 parameters but only 3"),
+        "one N": (df.assign(N=1e6), "column 'N' has one distinct value (1e+06) in all 24 rows"),
+        # three runs listed five times each: three points, however many rows
+        "repeated": (
+            pd.concat([df.head(3)] * 5),
+            "5 parameters but only 3 data points (12 of 15 rows repeat another row exactly",
+        ),
+        "4 points": (
+            pd.concat([df.head(4).assign(loss=df.loss.head(4) * f) for f in (1.0, 1.01)]),
+            "only 4 distinct (N, D) point(s) for the 5 parameters",
+        ),
     }
     out = {}
     for name, (frame, msg) in cases.items():
@@ -239,3 +249,29 @@ def test_curves_take_N_from_the_runs_column():
         )
         is None
     )
+
+
+def test_duplicate_rows_are_dropped_and_said(table, tmp_path):
+    """A table listed twice fits exactly like the table once (not narrower intervals)."""
+    df = pd.read_csv(table)
+    twice = tmp_path / "twice.csv"
+    pd.concat([df, df]).to_csv(twice, index=False)
+    out1, out2 = tmp_path / "once.json", tmp_path / "twice.json"
+    runner.invoke(app, ["fit", str(table), "--columns", MAP, *FAST, "--json", str(out1)])
+    res = runner.invoke(app, ["fit", str(twice), "--columns", MAP, *FAST, "--json", str(out2)])
+    assert res.exit_code == 0, res.output
+    assert "24 of 48 rows repeat another row exactly" in res.output
+    once, dup = json.loads(out1.read_text()), json.loads(out2.read_text())
+    assert dup["n_points"] == once["n_points"] == 24
+    assert dup["ci"] == once["ci"] and dup["params"] == once["params"]
+
+
+def test_all_failed_sweep_says_why(tmp_path):
+    for i, status in enumerate(["failed", "failed", "diverged"]):
+        d = tmp_path / "sweep" / f"t{i}"
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("seed: 0\n")
+        (d / "status.json").write_text(json.dumps({"status": status, "error": "boom"}))
+    res = runner.invoke(app, ["fit", str(tmp_path / "sweep")])
+    assert res.exit_code == 2, res.output
+    assert "no finished trials to fit (2 failed, 1 diverged)" in res.output

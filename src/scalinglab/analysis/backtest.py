@@ -149,9 +149,9 @@ def leave_one_budget_out(
 ) -> dict[str, Any] | None:
     """Hold out each compute budget in turn, refit on the rest, predict it.
 
-    All refits run as one vmapped batch from ``starts`` (optima of the full fit), the held
-    out rows weighted zero. None with fewer than three budgets. The entry of the largest
-    budget is the forecast one budget up.
+    All refits run as one vmapped batch from ``starts`` (start-grid rows, never optima of a
+    fit that saw the held-out runs), the held-out rows weighted zero. None with fewer than
+    three budgets. The entry of the largest budget is the forecast one budget up.
     """
     labels = budget_labels(runs)
     budgets = np.unique(labels)

@@ -58,8 +58,14 @@ __all__ = [
 
 def check_points(
     X: np.ndarray, y: np.ndarray, names: tuple[str, ...], n_params: int, law: str
-) -> None:
-    """Raise ``FitInputError`` unless every value is finite and positive and there are enough."""
+) -> list[str]:
+    """Raise ``FitInputError`` unless the points can determine the law; return warnings.
+
+    Every value must be finite and positive; each input needs two or more distinct values
+    (one value leaves its exponent undetermined; two are warned: its offset and exponent
+    are then fitted through two points); and there must be at least as many distinct input
+    points as parameters (repeating a run adds no new point).
+    """
     for j, name in enumerate((*names, "loss")):
         col = y if j == len(names) else X[:, j]
         bad = ~(np.isfinite(col) & (col > 0))
@@ -72,6 +78,28 @@ def check_points(
             )
     if len(y) < n_params:
         raise FitInputError(f"law {law} has {n_params} parameters but only {len(y)} data points")
+    warnings = []
+    for j, name in enumerate(names):
+        distinct = np.unique(X[:, j])
+        if len(distinct) < 2:
+            raise FitInputError(
+                f"column {name!r} has one distinct value ({distinct[0]:.4g}) in all {len(y)}"
+                f" rows; law {law} needs at least 2 (better 3 or more) to fit how loss depends"
+                f" on {name}"
+            )
+        if len(distinct) == 2:
+            warnings.append(
+                f"column {name!r} has only 2 distinct values: the dependence on {name} is"
+                " fitted through two points; treat its exponent as unconstrained"
+            )
+    points = len(np.unique(X, axis=0))
+    if points < n_params:
+        raise FitInputError(
+            f"only {points} distinct ({', '.join(names)}) point(s) for the {n_params}"
+            f" parameters of law {law}; repeated runs of one point add noise estimates,"
+            " not points"
+        )
+    return warnings
 
 
 def fit_law(
@@ -90,7 +118,7 @@ def fit_law(
     law = get_law(law) if isinstance(law, str) else law
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64).reshape(len(y), -1)
-    check_points(X, y, law.inputs, law.n_params, law.name)
+    input_warnings = check_points(X, y, law.inputs, law.n_params, law.name)
     logX, logy = np.log(X), np.log(y)
     grid = opts.grid(law.start_grid())
     res = multistart(law, logX, logy, grid, **opts.solver())
@@ -117,6 +145,7 @@ def fit_law(
     if opts.profile and "E" in law.param_names:
         prof = profile_E(law, logX, logy, refit_from, opts.confidence, max_iter=opts.max_iter)
     ident, ident_warn = identifiability(law, params, ci, diag.at_bound, float(y.min()), prof)
+    diag.warnings[:0] = input_warnings
     diag.warnings += ident_warn
     return Fit(
         law=law.name,

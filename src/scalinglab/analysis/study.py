@@ -110,7 +110,12 @@ def run_study(
         seed=seed,
         starts=thin_grid(spec.start_grid(), n_starts),
     )
-    fit = fit_table(runs, spec, options, curves=curves, n_column=src.n_column)
+    notes = runs.attrs.get("notes", [])  # e.g. duplicate rows dropped
+    try:
+        fit = fit_table(runs, spec, options, curves=curves, n_column=src.n_column)
+    except FitInputError as e:
+        raise FitInputError(f"{src.name}: {e}" + "".join(f" ({n})" for n in notes)) from None
+    fit.diagnostics.warnings[:0] = notes
     chosen = tuple(a for a in approaches if a != 3 or fit.law == "chinchilla")
     aps = compute_optimal(
         runs,

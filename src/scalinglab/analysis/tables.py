@@ -74,6 +74,8 @@ def load_source(source: str | Path, columns: str | dict[str, str] | None = None)
             curves = standardise(curves, mapping, f"{path} (learning curves)", strict=False)
         except FitInputError:
             curves = None  # curves only refine approach 1 and the plots; runs suffice
+        if curves is not None and "trial_id" in curves and "trial_id" in runs:
+            curves = curves[curves["trial_id"].isin(runs["trial_id"])]  # duplicates dropped
     return Source(
         runs,
         curves,
@@ -103,7 +105,12 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     runs = store.load_runs(path)
     runs = _with_data_info(path, runs)
     if "status" in runs:
-        runs = runs[runs["status"] == "done"]
+        done = runs["status"] == "done"
+        if not done.any():
+            counts = runs["status"].value_counts()
+            said = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
+            raise FitInputError(f"{path}: no finished trials to fit ({said})")
+        runs = runs[done]
     curves = None
     if hasattr(store, "load_curves"):
         curves = store.load_curves(path)
@@ -209,7 +216,16 @@ def standardise(
     df = df[~bad.any(axis=1)].reset_index(drop=True)
     if df.empty:
         raise FitInputError(f"{where}: no rows to analyse")
-    df.attrs.update(compute_from=compute_from, n_column=n_column, counting=counting)
+    notes = []
+    if strict:
+        dup = df.duplicated(subset=cols)
+        if dup.any():
+            notes.append(
+                f"{int(dup.sum())} of {len(df)} rows repeat another row exactly (same N, D, C"
+                " and loss: one run listed twice) and were dropped, so no run counts twice"
+            )
+            df = df[~dup].reset_index(drop=True)
+    df.attrs.update(compute_from=compute_from, n_column=n_column, counting=counting, notes=notes)
     return df
 
 
