@@ -266,6 +266,13 @@ def test_duplicate_rows_are_dropped_and_said(table, tmp_path):
     assert dup["ci"] == once["ci"] and dup["params"] == once["params"]
 
 
+def test_unwritable_json_is_refused_before_fitting(table, tmp_path):
+    (tmp_path / "afile").write_text("")
+    res = runner.invoke(app, ["fit", str(table), "--columns", MAP, "--json", f"{tmp_path}/afile/x"])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: --json") and "afile is not a writable folder" in res.output
+
+
 def test_all_failed_sweep_says_why(tmp_path):
     for i, status in enumerate(["failed", "failed", "diverged"]):
         d = tmp_path / "sweep" / f"t{i}"

@@ -9,6 +9,7 @@ the fit's compiled programs instead of compiling them again.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +49,8 @@ def fit_cmd(
     from scalinglab.analysis.study import parse_approaches, parse_compute, run_study
 
     targets, chosen = parse_compute(compute), parse_approaches(approach)
+    if json_file is not None:
+        check_writable(json_file, "--json")
     with fit_cache(cache_dir):  # the report's predictions are jitted programs too
         study = run_study(
             source,
@@ -64,6 +67,21 @@ def fit_cmd(
             json_file.parent.mkdir(parents=True, exist_ok=True)
             json_file.write_text(json.dumps(study.to_dict(), indent=2, default=float) + "\n")
             typer.echo(f"wrote {json_file}")
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Refuse, before any fitting, an output path that cannot be written (one line)."""
+    from scalinglab.errors import FitInputError
+
+    if path.is_dir():
+        raise FitInputError(f"{flag} {path}: is a directory; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise FitInputError(
+            f"{flag} {path}: cannot write there ({parent} is not a writable folder)"
+        )
 
 
 def plot_cmd(
