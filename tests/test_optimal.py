@@ -307,3 +307,36 @@ def test_akima_matches_scipy_reference() -> None:
         grid = np.linspace(x[0], x[-1], 301)
         want = np.column_stack([Akima1DInterpolator(x, Y[:, j])(grid) for j in range(5)])
         np.testing.assert_allclose(akima(x, Y, grid), want, rtol=1e-12, atol=1e-12)
+
+
+def test_same_resamples_are_differenced_resample_by_resample():
+    """Approaches drawn from the same resamples of the runs: the difference's own bootstrap
+    distribution, not two independent spreads added. Here p = q + 0.01 in every resample,
+    so the difference is 0.01 for certain (disagree); paired at random it is wide."""
+    rng = np.random.default_rng(0)
+    a = 0.45 + 0.05 * rng.normal(size=300)
+    q = Approach("q", 0.45, 0.55, 0.0, 0.0, np.column_stack([0 * a, a, 0 * a, 1 - a]))
+    p = Approach("p", 0.46, 0.54, 0.0, 0.0, np.column_stack([0 * a, a + 0.01, 0 * a, 0.99 - a]))
+    random = agreement([p, q])["pairs"][0]
+    assert random["verdict"] == "inconclusive" and random["width"] > 0.2
+    p.resampled = q.resampled = "runs n=20 count=300 seed=0"
+    paired = agreement([p, q])["pairs"][0]
+    assert paired["ci"] == pytest.approx([0.01, 0.01], abs=1e-12)
+    assert paired["verdict"] == "disagree"
+
+
+def test_approach1_and_the_fit_share_their_resamples():
+    """compute_optimal gives approach 1 the fit's resamples of the runs (same key), and its
+    draw b is the envelope of exactly the runs of the fit's resample b."""
+    from scalinglab.analysis.fit import fit_chinchilla
+    from scalinglab.analysis.intervals import resample_rows
+
+    df = chinchilla_sweep(noise=0.01, seed=3, n=5, budgets=(1e18, 1e19, 1e20))
+    df["trial_id"] = [f"t{i:02d}" for i in range(len(df))]
+    fit = fit_chinchilla(df, bootstrap=30, seed=7, n_starts=200, profile=False)
+    aps = O.compute_optimal(df, fit, bootstrap=30, seed=7, approaches=(1, 3))
+    assert aps[1].resampled == aps[3].resampled is not None
+    pick = resample_rows(len(df), 30, 7)[4]
+    env = O.envelope(df.iloc[pick])
+    want = np.polyfit(np.log(env["C"]), np.log(env["N"]), 1)[0]
+    assert aps[1].column("a")[4] == pytest.approx(want, rel=1e-9)

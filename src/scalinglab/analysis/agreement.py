@@ -1,8 +1,10 @@
 """Do the compute-optimal approaches agree? Judged from the bootstrap DIFFERENCE of exponents.
 
 For each pair of approaches and each exponent (a of N_opt ~ C^a, b of
-D_opt ~ C^b), independent bootstrap draws of the two are paired at random and
-subtracted; the central interval of that difference decides:
+D_opt ~ C^b), the bootstrap draws of the two are subtracted: resample by resample
+when both come from the same resamples of the runs (approaches 1 and 3), else
+(approach 2 resamples noise) paired at random. The central interval of that
+difference decides:
 
 - **disagree**: the interval excludes 0;
 - **inconclusive**: it contains 0 but is wider than ``MAX_WIDTH`` (too wide to
@@ -26,10 +28,19 @@ EXPONENTS = ("a", "b")
 
 
 def difference(p: Approach, q: Approach, name: str, seed: int = 0) -> np.ndarray | None:
-    """Draws of ``p``'s exponent ``name`` minus ``q``'s, pairing their resamples at random."""
+    """Draws of ``p``'s exponent ``name`` minus ``q``'s.
+
+    Resample by resample when both come from the same resamples of the runs (equal
+    ``resampled`` keys: the fit's bootstrap and approach 1): the bootstrap distribution of
+    the difference itself. Otherwise (approach 2 resamples noise, not runs) their draws
+    are independent and are paired at random.
+    """
     sp, sq = p.column(name), q.column(name)
     if sp is None or sq is None:
         return None
+    if p.resampled is not None and p.resampled == q.resampled and len(sp) == len(sq):
+        both = np.isfinite(sp) & np.isfinite(sq)
+        return (sp - sq)[both] if both.sum() >= 2 else None
     sp, sq = sp[np.isfinite(sp)], sq[np.isfinite(sq)]
     if len(sp) < 2 or len(sq) < 2:
         return None
@@ -52,7 +63,8 @@ def judge(
     point = float(getattr(p, name) - getattr(q, name))
     lo, hi = (float(v) for v in interval(d, confidence))  # type: ignore[arg-type]
     width = hi - lo
-    out.update(difference=point, ci=[lo, hi], width=width)
+    paired = p.resampled is not None and p.resampled == q.resampled
+    out.update(difference=point, ci=[lo, hi], width=width, paired=paired)
     pct = f"{100 * confidence:.0f}%"
     if lo > 0 or hi < 0:
         verdict = "disagree"

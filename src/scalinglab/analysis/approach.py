@@ -28,7 +28,8 @@ class Approach:
     D_opt) the power laws were fitted through (empty for approach 3); ``flags``
     what was left out or looks wrong, in words; ``unusable_share`` the share of
     resamples that gave no estimate (past ``UNRELIABLE_SHARE`` the result is
-    unreliable).
+    unreliable). ``resampled`` names the resamples when row b of ``samples`` comes
+    from a known resample of the runs (NaN rows then stay, to keep rows aligned).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Approach:
     confidence: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
     unusable_share: float = 0.0
+    resampled: str | None = None  # resample_key of the draws: equal keys pair row by row
 
     @property
     def ok(self) -> bool:
@@ -76,7 +78,7 @@ class Approach:
             "D_opt": float(np.exp(self.log_kD + self.b * lc)),
         }
         if self.samples is not None and len(self.samples) >= 2:
-            s = self.samples
+            s = self.samples[np.isfinite(self.samples).all(axis=1)]
             for name, k, e in (("N_opt", 0, 1), ("D_opt", 2, 3)):
                 lo, hi = interval(np.exp(s[:, k] + s[:, e] * lc), self.confidence)
                 out[f"{name}_ci"] = (float(lo), float(hi))
@@ -93,7 +95,9 @@ class Approach:
             "k_N": finite_or_none(np.exp(self.log_kN)),
             "k_D": finite_or_none(np.exp(self.log_kD)),
             "n_points": len(self.points),
-            "n_resamples": 0 if self.samples is None else len(self.samples),
+            "n_resamples": 0
+            if self.samples is None
+            else int(np.isfinite(self.samples).all(axis=1).sum()),
             "unusable_share": float(self.unusable_share),
             "reliable": self.reliable,
             "flags": self.flags,

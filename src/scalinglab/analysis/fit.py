@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from scalinglab.analysis.diagnostics import identifiability, solver_diagnostics
-from scalinglab.analysis.intervals import interval
+from scalinglab.analysis.intervals import interval, resample_key, resample_rows
 from scalinglab.analysis.laws import CHINCHILLA, Law, get_law
 from scalinglab.analysis.multistart import (
     CHUNK_PASSES,
@@ -132,6 +132,7 @@ def fit_law(
         raw_samples, n_failed = _bootstrap(law, logX, logy, refit_from, opts)
         nat = np.where(np.asarray(law.logged), np.exp(raw_samples), raw_samples)
         samples = Samples(nat, columns=list(law.param_names))
+        samples.attrs["resampled"] = resample_key(len(y), opts.bootstrap, opts.seed)
 
     resid = log_predict(law, raw, logX) - logy
     params = law.to_natural(raw)
@@ -168,9 +169,8 @@ def _bootstrap(
     law: Law, logX: np.ndarray, logy: np.ndarray, starts: np.ndarray, opts: FitOptions
 ) -> tuple[np.ndarray, int]:
     """Refit ``opts.bootstrap`` row resamples at once; raw optima (B, P) and failures."""
-    rng = np.random.default_rng(opts.seed)
     n, n_boot = len(logy), opts.bootstrap
-    idx = rng.integers(0, n, size=(n_boot, n))
+    idx = resample_rows(n, n_boot, opts.seed)
     counts = np.zeros((n_boot, n))
     np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
     raw, ok = refit_weighted(law, logX, logy, starts, counts, **opts.solver())

@@ -13,6 +13,21 @@ def tails(confidence: float) -> tuple[float, float]:
     return tail, 100.0 - tail
 
 
+def resample_rows(n: int, count: int, seed: int) -> np.ndarray:
+    """``count`` bootstrap resamples of ``n`` runs, as row indices (count, n).
+
+    The fit and approach 1 both draw theirs here from the same seed, so resample b is the
+    same set of runs for both and a difference between them is computed resample by
+    resample (``analysis.agreement``).
+    """
+    return np.random.default_rng(seed).integers(0, n, size=(count, n))
+
+
+def resample_key(n: int, count: int, seed: int) -> str:
+    """Names a set of resamples: equal keys mean row b of both is the same resample."""
+    return f"runs n={n} count={count} seed={seed}"
+
+
 def interval(
     samples: np.ndarray, confidence: float, axis: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,7 @@ from scalinglab.analysis.approach2 import (
     isoflop_minima,
 )
 from scalinglab.analysis.fit import Fit
+from scalinglab.analysis.intervals import resample_key, resample_rows
 from scalinglab.analysis.laws import chinchilla_allocation
 
 __all__ = [
@@ -91,11 +92,15 @@ def approach1(
     confidence: float = 0.95,
     group: str | None = None,
     n_bins: int = 30,
+    runs: np.ndarray | None = None,
 ) -> Approach:
     """Approach 1 from every point of every run (curves or final results).
 
     ``group`` names a column identifying runs (e.g. ``trial_id``) so the
     bootstrap resamples whole learning curves; without it rows are resampled.
+    ``runs`` (the group keys in the order of the fit's table) makes resample b
+    the fit's resample b (``intervals.resample_rows`` with the same seed), so the
+    difference from approach 3 is taken resample by resample.
     """
     name = "1: envelope"
     pts = envelope(df, n_bins)
@@ -105,29 +110,44 @@ def approach1(
     flags = []
     if len(pts) < 3:
         flags.append(f"envelope has only {len(pts)} points")
-    rng = np.random.default_rng(seed)
     keys = df[group].to_numpy() if group else np.arange(len(df))
-    uniq = np.unique(keys)
+    uniq = np.unique(keys) if runs is None else np.asarray(runs)
     rows = [np.flatnonzero(keys == u) for u in uniq]
+    picks = resample_rows(len(uniq), bootstrap, seed)
     draws = []
-    for _ in range(bootstrap):
-        pick = np.concatenate([rows[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        p = envelope(df.iloc[pick], n_bins)
+    for pick in picks:
+        chosen = np.concatenate([rows[i] for i in pick])
+        if len(chosen) == 0:
+            draws.append(np.full(4, np.nan))
+            continue
+        p = envelope(df.iloc[chosen], n_bins)
         draws.append(allocation_fit(p["C"].to_numpy(), p["N"].to_numpy(), p["D"].to_numpy()))
     samples = np.array(draws) if draws else None
     share = 0.0
     if samples is not None:
         bad = ~np.isfinite(samples).all(axis=1)
         share = float(bad.mean())
-        samples = samples[~bad]
         if bad.any():
             flags.append(
                 f"{int(bad.sum())} of {bootstrap} resamples unusable: their envelope held"
                 " fewer than two model sizes"
             )
     pts = pts.rename(columns={"N": "N_opt", "D": "D_opt"})
+    paired = samples is not None and runs is not None
+    key = resample_key(len(uniq), bootstrap, seed) if paired else None
     return Approach(
-        name, theta[1], theta[3], theta[0], theta[2], samples, pts, flags, confidence, {}, share
+        name,
+        theta[1],
+        theta[3],
+        theta[0],
+        theta[2],
+        samples,
+        pts,
+        flags,
+        confidence,
+        {},
+        share,
+        key,
     )
 
 
@@ -149,9 +169,8 @@ def approach3(fit: Fit) -> Approach:
     samples, share = None, 0.0
     cols = fit_samples(fit, ("A", "B", "alpha", "beta"))
     if cols is not None:
-        samples = np.stack(_closed_form(*cols, k), axis=1)
+        samples = np.stack(_closed_form(*cols, k), axis=1)  # NaN rows kept: rows stay aligned
         bad = ~np.isfinite(samples).all(axis=1)
-        samples = samples[~bad]
         n_failed = int(getattr(fit.diagnostics, "bootstrap_failed", 0) or 0) + int(bad.sum())
         share = n_failed / max(len(bad), 1)
     flags = [] if fit.converged else ["the parametric fit did not converge"]
@@ -168,6 +187,7 @@ def approach3(fit: Fit) -> Approach:
         confidence=fit.confidence,
         extra={"k": k, "N": fit.counting.get("N", "N")},
         unusable_share=share,
+        resampled=getattr(getattr(fit, "samples", None), "attrs", {}).get("resampled"),
     )
 
 
@@ -213,7 +233,15 @@ def compute_optimal(
     if 1 in approaches:
         src = curves if curves is not None else df
         group = next((c for c in ("trial_id", "run") if c in src), None)
-        out[1] = approach1(src, bootstrap=bootstrap, seed=seed, confidence=confidence, group=group)
+        # The fit's resamples when the runs line up with its table (same runs, same order).
+        runs = None
+        if group is not None and group in df and set(src[group]) <= set(df[group]):
+            runs = df[group].to_numpy()
+        elif group is None and src is df:
+            runs = np.arange(len(df))
+        out[1] = approach1(
+            src, bootstrap=bootstrap, seed=seed, confidence=confidence, group=group, runs=runs
+        )
     if 2 in approaches:
         out[2] = approach2(
             df, bootstrap=bootstrap, seed=seed, confidence=confidence, method=method2
