@@ -103,3 +103,55 @@ def test_family_fields_are_checked(model: dict, data: dict, expected: list[str])
         trial_from_dict({"model": model, "data": data})
     for part in expected:
         assert part in str(info.value)
+
+
+def test_duplicate_keys_are_located_errors(tmp_path: Path) -> None:
+    text = "seed: 0\ntrain:\n  batch_size: 8\n  eval_every: 10\n  batch_size: 16\n"
+    with pytest.raises(
+        ConfigError, match=r"trial\.yaml:5: duplicate key 'batch_size' \(first at line 3\)"
+    ):
+        load_trial(_write(tmp_path, text))
+
+
+def test_sweep_with_a_duplicated_grid_key_is_refused(tmp_path: Path) -> None:
+    from scalinglab.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ngrid:\n  seed: [0, 1]\n  seed: [2]\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:4: duplicate key 'seed' \(first at line 3\)"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        (
+            "model.n_layer=true",
+            "--set model.n_layer=true: model.n_layer: Input should be a valid integer"
+            " (got true, a boolean",
+        ),
+        (
+            "optimizer.lr=false",
+            "--set optimizer.lr=false: optimizer.lr: Input should be a valid number",
+        ),
+        (
+            "optimizer.lr=.inf",
+            "--set optimizer.lr=.inf: optimizer.lr: Input should be a finite number",
+        ),
+        (
+            "train.budget={tokens: 1.0e+308}",
+            "train.budget.tokens: Input should be less than or equal to",
+        ),
+        ("model.n_layer=[1", "--set 'model.n_layer=[1': the value is not valid YAML"),
+    ],
+)
+def test_bad_overrides_blame_the_flag(flag: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_trial(overrides=[flag])
+    assert expected in str(err.value) and "trial.yaml" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_booleans_still_set_boolean_fields() -> None:
+    cfg = load_trial(overrides=["model.tie_embeddings=false"])
+    assert cfg.model.tie_embeddings is False

@@ -200,6 +200,8 @@ def test_text_folder_sorted_skipping_hidden_and_binary(tmp_path):
         DataConfig(source="text", path=str(tmp_path / "a.txt"), seq_len=4, val_frac=0.2)
     )
     assert one.info["n_tokens"] == 50
+    with pytest.raises(DataError, match=r"data.path: .*img.bin looks binary"):
+        build_dataset(DataConfig(source="text", path=str(tmp_path / "img.bin"), seq_len=4))
 
 
 def test_tokens_bin_and_npy(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +21,6 @@ from typer.core import TyperGroup
 
 from scalinglab.analysis.cli import fit_cmd, plot_cmd
 from scalinglab.errors import ScalinglabError
-from scalinglab.models.cli import generate_cmd
-from scalinglab.sweep.cli import sweep_app
 
 err = Console(stderr=True)
 
@@ -46,16 +46,6 @@ class _Commands(TyperGroup):
             fail(e)
 
 
-app = typer.Typer(
-    cls=_Commands,
-    help="Neural scaling-law experiments in JAX.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-app.add_typer(sweep_app, name="sweep")
-
-
-@app.callback()
 def _root() -> None:
     """Train trials and sweeps, fit scaling laws, plot and report them."""
 
@@ -99,7 +89,6 @@ class _TrainProgress:
         pass
 
 
-@app.command()
 def train(
     ctx: typer.Context,
     config: Annotated[
@@ -141,15 +130,49 @@ def train(
     )
 
 
-app.command("fit")(fit_cmd)
-app.command("plot")(plot_cmd)
-app.command("generate")(generate_cmd)
+ANALYSIS_COMMANDS = ("fit", "plot")
+
+
+def build_app(full: bool = True) -> typer.Typer:
+    """The command group; ``full=False`` holds only the analysis commands (fit, plot), so
+    they start without importing the training stack (Flax, optax, the sweep runner)."""
+    app = typer.Typer(
+        cls=_Commands,
+        help="Neural scaling-law experiments in JAX.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+    app.callback()(_root)
+    if full:
+        from scalinglab.models.cli import generate_cmd
+        from scalinglab.sweep.cli import sweep_app
+
+        app.add_typer(sweep_app, name="sweep")
+        app.command()(train)
+    app.command("fit")(fit_cmd)
+    app.command("plot")(plot_cmd)
+    if full:
+        app.command("generate")(generate_cmd)
+    return app
+
+
+@functools.cache
+def _full_app() -> typer.Typer:
+    return build_app(full=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from scalinglab.cli import app`: every command
+        return _full_app()
+    raise AttributeError(f"module 'scalinglab.cli' has no attribute {name!r}")
 
 
 def main() -> None:
     """The `scalinglab` console script: the process entry point (it may apply the host-memory
     choice by restarting the process; in-process callers of `app` never restart)."""
-    app(obj={"process_entry": True})
+    argv = sys.argv[1:]
+    light = bool(argv) and argv[0] in ANALYSIS_COMMANDS
+    (build_app(full=False) if light else _full_app())(obj={"process_entry": True})
 
 
 if __name__ == "__main__":

@@ -175,9 +175,11 @@ class OptimizerConfig(Strict):
 class BudgetConfig(Strict):
     """How long to train: exactly one of tokens, steps or FLOPs."""
 
-    tokens: float | None = Field(None, gt=0)
-    steps: int | None = Field(None, ge=1)
-    flops: float | None = Field(None, gt=0)
+    # Upper bounds far past any real run, so a typo (1e308 tokens) is an error, not an
+    # endless trial whose cosine schedule never leaves its first step.
+    tokens: float | None = Field(None, gt=0, le=1e16)
+    steps: int | None = Field(None, ge=1, le=10**10)
+    flops: float | None = Field(None, gt=0, le=1e30)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BudgetConfig:
@@ -273,9 +275,13 @@ class TrialConfig(Strict):
 
 
 def format_validation_error(
-    err: ValidationError, source: str, lines: dict[tuple[str, ...], int] | None = None
+    err: ValidationError,
+    source: str,
+    lines: dict[tuple[str, ...], int] | None = None,
+    flags: dict[tuple[str, ...], str] | None = None,
 ) -> str:
-    """One line per problem: `source:line: field: message`."""
+    """One line per problem: `source:line: field: message`; a field that a `--set` flag gave
+    (``flags``: dotted key -> the flag) is blamed on the flag, not on the file."""
     out = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
@@ -291,6 +297,10 @@ def format_validation_error(
                     line = lines[loc[:k]]
                     break
         where = f"{source}:{line}" if line else source
+        given = flags or {}
+        flag = next((given[loc[:k]] for k in range(len(loc), 0, -1) if loc[:k] in given), None)
+        if flag is not None:
+            where = flag
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             parent = REGISTRY[family].config if family and len(loc) == 2 else _model_at(loc[:-1])
@@ -331,12 +341,14 @@ def trial_from_dict(
 ) -> TrialConfig:
     """Validate a mapping (plus `--set` overrides) into a TrialConfig, with located errors."""
     data = copy.deepcopy(data)
-    for key, value in parse_overrides(overrides or []):
+    flags: dict[tuple[str, ...], str] = {}
+    for item, (key, value) in zip(overrides or [], parse_overrides(overrides or []), strict=True):
         set_dotted(data, key, value)
+        flags[tuple(key.split("."))] = f"--set {item.strip()}"
     try:
         return TrialConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, lines)) from None
+        raise ConfigError(format_validation_error(e, source, lines, flags)) from None
 
 
 def load_trial(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:

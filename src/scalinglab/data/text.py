@@ -128,6 +128,13 @@ def text_corpus(cfg: DataConfig) -> Corpus:
         if used == 0:
             raise DataError(f"data.path: {path} holds no readable text files")
     else:
+        with path.open("rb") as f:
+            head = f.read(_BINARY_PROBE)
+        if b"\0" in head:
+            raise DataError(
+                f"data.path: {path} looks binary (a NUL byte in its first {_BINARY_PROBE} bytes);"
+                " data.source text reads text files (token arrays: data.source tokens)"
+            )
         data, used, skipped = _concat([path], cfg.max_tokens, skip_binary=False)
     info = {"source": "text", "path": str(path), "files": used, "binary_files_skipped": skipped}
     return Corpus(np.frombuffer(data, dtype=np.uint8), BYTE_VOCAB, info)

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     import flax.linen as nn
@@ -38,9 +44,43 @@ GPT_SIZES: dict[str, dict[str, int]] = {
 
 
 class Strict(BaseModel):
-    """A config model that rejects unknown keys and validates assignments."""
+    """A config model that rejects unknown keys, non-finite numbers (an infinite learning
+    rate) and booleans where a number is due (`--set model.n_layer=true` is not 1), and
+    validates assignments."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            bad = {
+                name: _Boolean(value)
+                for name, value in data.items()
+                if isinstance(value, bool)
+                and name in cls.model_fields
+                and _numeric(cls.model_fields[name].annotation)
+            }
+            if bad:
+                data = {**data, **bad}  # each fails its own field's validation, located there
+        return data
+
+
+class _Boolean:
+    """A boolean given where a number is due; no number validator accepts it."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{str(self.value).lower()}, a boolean, not a number"
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (int or float, optionally None) and not a bool."""
+    args = get_args(annotation) or (annotation,)
+    kinds = {a for a in args if a is not type(None)}
+    return bool(kinds) and kinds <= {int, float} and bool not in kinds
 
 
 class FamilyConfig(Strict):

@@ -15,10 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scalinglab.config import ConfigError, load_yaml
+from scalinglab.families.base import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(Strict):
+    """Unknown keys, non-finite numbers and booleans given as numbers are errors (as in
+    trial configs)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LocalExecutorConfig(_Strict):
