@@ -94,3 +94,18 @@ def test_allocation_band_honours_the_confidence():
     ap.confidence = 0.5  # without an explicit confidence, the approach's own is used
     lo, hi = band_at(plots.optimal_allocation({2: ap}, c), 1e21)
     np.testing.assert_allclose((lo, hi), np.percentile(nopt, (25, 75)), rtol=1e-9)
+
+
+def test_axes_name_the_N_that_C_counts():
+    """Under Kaplan counting the fits use N_nonembed; the figures must say so."""
+    runs = runs_table()
+    runs.attrs["n_column"] = "N_nonembed"
+    cbar = plots.loss_vs_compute(runs, FIT).axes[-1].get_ylabel()
+    assert cbar == "parameters N (N_nonembed)"
+    assert plots.isoflop(runs, isoflop_minima(runs)).axes[0].get_xlabel().endswith("(N_nonembed)")
+    ap = approach2(runs, bootstrap=10)
+    ap.extra["N"] = "N_nonembed"
+    fig = plots.optimal_allocation({2: ap}, (1e17, 1e21))
+    assert fig.axes[0].get_ylabel() == "optimal parameters N_opt (N_nonembed)"
+    plain = runs_table()  # a table whose N is plain N keeps the plain label
+    assert plots.loss_vs_compute(plain, FIT).axes[-1].get_ylabel() == "parameters N"

@@ -70,9 +70,15 @@ def _size_norm(N: np.ndarray) -> LogNorm:
     return LogNorm(lo, hi if hi > lo else lo * 1.01)
 
 
-def _colorbar(fig: Figure, ax: Any, norm: LogNorm) -> None:
+def n_label(n_column: str | None, prefix: str = "parameters N") -> str:
+    """The axis label of N, naming the column it counts when that is not plain N
+    (``N_nonembed`` under Kaplan counting: the N that C counts)."""
+    return prefix if n_column in (None, "N") else f"{prefix} ({n_column})"
+
+
+def _colorbar(fig: Figure, ax: Any, norm: LogNorm, runs: pd.DataFrame) -> None:
     sm = mpl.cm.ScalarMappable(norm=norm, cmap=CMAP)
-    fig.colorbar(sm, ax=ax, label=LABELS["N"], pad=0.02)
+    fig.colorbar(sm, ax=ax, label=n_label(runs.attrs.get("n_column")), pad=0.02)
 
 
 @_styled
@@ -126,7 +132,7 @@ def loss_vs_compute(
         title="Loss vs compute",
     )
     _plain_loss_axis(ax)
-    _colorbar(fig, ax, norm)
+    _colorbar(fig, ax, norm, runs)
     ax.legend(loc="upper right")
     return fig
 
@@ -172,7 +178,7 @@ def isoflop(
             ax.plot(r["N_opt"], r["loss_opt"], marker="*", ms=11, color=color, mec="k", zorder=4)
     ax.set(
         xscale="log",
-        xlabel=LABELS["N"],
+        xlabel=n_label(runs.attrs.get("n_column")),
         ylabel=LABELS["loss"],
         title=f"IsoFLOP profiles ({method}; star: minimum, x: not bracketed)",
     )
@@ -192,6 +198,8 @@ def optimal_allocation(
     (default: each approach's own confidence).
     """
     items = approaches.items() if isinstance(approaches, dict) else enumerate(approaches, 1)
+    values = approaches.values() if isinstance(approaches, dict) else approaches
+    n_column = next((ap.extra.get("N") for ap in values if ap.extra.get("N")), None)
     fig = Figure(figsize=(10, 4))
     axN, axD = fig.subplots(1, 2)
     c = np.logspace(np.log10(min(compute)), np.log10(max(compute)), 100)
@@ -218,7 +226,7 @@ def optimal_allocation(
         xscale="log",
         yscale="log",
         xlabel=LABELS["C"],
-        ylabel="optimal parameters N_opt",
+        ylabel=n_label(n_column, "optimal parameters N_opt"),
         title="N_opt(C)",
     )
     axD.set(
@@ -257,7 +265,7 @@ def observed_vs_predicted(runs: pd.DataFrame, fit: Fit) -> Figure:
     _plain_loss_axis(ax)
     ax.xaxis.set_major_formatter(mpl.ticker.FormatStrFormatter("%.3g"))
     ax.xaxis.set_minor_formatter(mpl.ticker.FormatStrFormatter("%.3g"))
-    _colorbar(fig, ax, norm)
+    _colorbar(fig, ax, norm, runs)
     ax.legend(loc="upper left")
     return fig
 
