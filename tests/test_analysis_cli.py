@@ -282,3 +282,30 @@ def test_all_failed_sweep_says_why(tmp_path):
     res = runner.invoke(app, ["fit", str(tmp_path / "sweep")])
     assert res.exit_code == 2, res.output
     assert "no finished trials to fit (2 failed, 1 diverged)" in res.output
+
+
+def test_a_corrupt_trial_is_left_out_and_named(tmp_path):
+    from scalinglab.analysis.tables import load_source
+
+    for i in range(6):
+        d = tmp_path / "sweep" / f"t{i}"
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("seed: 0\n")
+        N, D = 1e6 * (i + 1), 1e8
+        summary = {
+            "status": "done",
+            "N": N,
+            "D": D,
+            "C": 6 * N * D,
+            "final_eval_loss": 3.0 - i / 10,
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+    bad = tmp_path / "sweep" / "t6"
+    bad.mkdir()
+    (bad / "config.yaml").write_text("seed: 0\n")
+    (bad / "summary.json").write_text('{"status": "done", "N": ')  # torn by a crash
+    src = load_source(tmp_path / "sweep")
+    assert len(src.runs) == 6 and "t6" not in set(src.runs["trial_id"])
+    notes = src.runs.attrs["notes"]
+    assert notes[0] == "1 of 7 trials not fitted (1 corrupt)"
+    assert "t6/summary.json: not valid JSON" in notes[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,21 @@ def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path: Path, cache: Path)
     res3 = run_sweep(sweep, trials, out, cache_dir=cache, retry_failed=True)
     assert all(not res3.outcomes[t].get("skipped") for t in failed)
     assert (load_runs(out).set_index("trial_id").loc[failed, "attempts"] == 2).all()
+
+    # A damaged trial is that trial's problem: a corrupt summary.json and a trial path that
+    # is a file are failed outcomes naming the file; the other trials go on, nothing retrains.
+    done = next(t.trial_id for t in trials if res.outcomes[t.trial_id]["status"] == "done")
+    gone = next(t.trial_id for t in trials if res.outcomes[t.trial_id]["status"] == "diverged")
+    (out / done / "summary.json").write_text('{"status": "done", "N": ')
+    shutil.rmtree(out / gone)
+    (out / gone).write_text("not a directory")
+    res4 = run_sweep(sweep, trials, out, cache_dir=cache)
+    assert res4.outcomes[done]["status"] == "failed"
+    assert f"{done}/summary.json: not valid JSON" in res4.outcomes[done]["error"]
+    assert res4.outcomes[gone]["status"] == "failed"
+    assert "Not a directory" in res4.outcomes[gone]["error"]
+    rows = load_runs(out).set_index("trial_id")
+    assert rows.loc[done, "status"] == "corrupt" and "not valid JSON" in rows.loc[done, "error"]
 
 
 def test_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:

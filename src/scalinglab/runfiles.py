@@ -74,11 +74,14 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; None when it does not exist."""
+    """Read a JSON file; None when it does not exist; a ``RunDirError`` naming the file when
+    it is not valid JSON."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({e}); move it aside or delete it") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -110,7 +110,15 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             counts = runs["status"].value_counts()
             said = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
             raise FitInputError(f"{path}: no finished trials to fit ({said})")
+        left = runs.loc[~done, "status"].value_counts()
+        notes = []
+        if len(left):
+            said = ", ".join(f"{n} {s}" for s, n in left.items())
+            notes.append(f"{int((~done).sum())} of {len(runs)} trials not fitted ({said})")
+            bad = runs.loc[runs["status"] == "corrupt", "error"]
+            notes += [str(e) for e in bad.head(3)]
         runs = runs[done]
+        runs.attrs["notes"] = notes
     curves = None
     if hasattr(store, "load_curves"):
         curves = store.load_curves(path)
@@ -131,7 +139,10 @@ def _with_data_info(path: Path, runs: pd.DataFrame) -> pd.DataFrame:
     }
     rows = []
     for tid in runs.get("trial_id", pd.Series(dtype=str)):
-        summary = rf.read_json(path / str(tid) / rf.SUMMARY) if tid else None
+        try:
+            summary = rf.read_json(path / str(tid) / rf.SUMMARY) if tid else None
+        except OSError:  # a corrupt or unreadable trial: load_runs marked it, not "done"
+            summary = None
         data = (summary or {}).get("data") or {}
         rows.append({col: data.get(key) for col, key in keys.items()})
     extra = pd.DataFrame(rows, index=runs.index, columns=list(keys))
@@ -216,7 +227,7 @@ def standardise(
     df = df[~bad.any(axis=1)].reset_index(drop=True)
     if df.empty:
         raise FitInputError(f"{where}: no rows to analyse")
-    notes = []
+    notes = list(df.attrs.get("notes", []))
     if strict:
         dup = df.duplicated(subset=cols)
         if dup.any():

@@ -22,7 +22,10 @@ from typing import Any
 
 from scalinglab import runfiles as rf
 from scalinglab.budget import Budget
-from scalinglab.errors import SweepError  # noqa: F401  (re-exported)
+from scalinglab.errors import (
+    RunDirError,
+    SweepError,  # noqa: F401  (re-exported)
+)
 from scalinglab.rundir import FINISHED, RunDir
 from scalinglab.sweep import store
 from scalinglab.sweep.config import LocalExecutorConfig, SweepConfig
@@ -151,7 +154,11 @@ def run_sweep(
     work = {t.trial_id: trial_flops(t) for t in trials}
     for t in trials:
         run_dir = sweep_dir / t.trial_id
-        skip = RunDir(run_dir).skip(retry_failed)
+        try:
+            skip = RunDir(run_dir).skip(retry_failed)
+        except OSError as e:  # RunDirError (a corrupt status or summary file) is one too
+            why = str(e) if isinstance(e, RunDirError) else f"{run_dir}: {e.strerror or e}"
+            skip = {"status": "failed", "error": why}
         if skip is not None:
             result.outcomes[t.trial_id] = {"trial_id": t.trial_id, **skip, "skipped": True}
         else:

@@ -17,6 +17,7 @@ import yaml
 
 from scalinglab import runfiles as rf
 from scalinglab.config import parse_model_config
+from scalinglab.errors import RunDirError
 from scalinglab.flops import param_counts
 from scalinglab.rundir import RunDir
 
@@ -59,13 +60,25 @@ def trial_dirs(sweep_dir: str | Path) -> list[Path]:
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((run_dir / rf.CONFIG).read_text()) or {}
+    try:
+        data = yaml.safe_load((run_dir / rf.CONFIG).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise RunDirError(f"{run_dir / rf.CONFIG}: not valid YAML ({problem})") from None
+    if data is not None and not isinstance(data, dict):
+        raise RunDirError(f"{run_dir / rf.CONFIG}: not a mapping")
+    return data or {}
 
 
 def _row(run_dir: Path) -> dict[str, Any]:
-    cfg = _config(run_dir)
-    rd = RunDir(run_dir)
-    status, summary = rd.status_record(), rd.summary()
+    """One trial's row; a trial whose files cannot be read is a row with status "corrupt"
+    and the reason, so one damaged directory never hides the others."""
+    try:
+        cfg = _config(run_dir)
+        rd = RunDir(run_dir)
+        status, summary = rd.status_record(), rd.summary()
+    except RunDirError as e:
+        return {"trial_id": run_dir.name, "status": "corrupt", "error": str(e), "attempts": 0}
     row: dict[str, Any] = {
         "trial_id": run_dir.name,
         "status": summary["status"] if summary else status.get("status", "pending"),
