@@ -64,3 +64,17 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         sweep, _ = _sweep({"name": name})
         with pytest.raises(ExecutorUnavailable, match=rf"pip install 'scalinglab\[{extra}\]'"):
             make_executor(sweep.executor, str(tmp_path))
+
+
+@pytest.mark.parametrize("cluster", [None, "slurm"])
+def test_slurm_without_slurm_is_refused_not_run_locally(
+    cluster: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No sbatch here: refuse, instead of submitit's silent fall-back to local jobs."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no sbatch, no squeue
+    executor = {"name": "slurm", **({"cluster": cluster} if cluster else {})}
+    sweep, _ = _sweep(executor)
+    with pytest.raises(ExecutorUnavailable, match="executor slurm: no SLURM on this machine"):
+        make_executor(sweep.executor, str(tmp_path))
+    local, _ = _sweep({"name": "slurm", "cluster": "local"})  # asked for by name: allowed
+    make_executor(local.executor, str(tmp_path))

@@ -15,6 +15,7 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -285,8 +286,17 @@ class SlurmExecutor(Executor):
         except ImportError:
             raise _missing("slurm", "submitit") from None
         self.submitit = submitit
+        cluster = cfg.cluster or "slurm"  # local submitit jobs only when asked for by name
+        if cluster == "slurm":
+            missing = [cmd for cmd in ("sbatch", "squeue") if shutil.which(cmd) is None]
+            if missing:
+                raise ExecutorUnavailable(
+                    f"executor slurm: no SLURM on this machine ({' and '.join(missing)} not on"
+                    " PATH); run where SLURM is, set executor.cluster: local to run the trials"
+                    " as local submitit jobs, or use --executor local"
+                )
         self.ex = submitit.AutoExecutor(
-            folder=cfg.folder or folder, cluster=cfg.cluster, slurm_max_num_timeout=cfg.max_requeues
+            folder=cfg.folder or folder, cluster=cluster, slurm_max_num_timeout=cfg.max_requeues
         )
         params: dict[str, Any] = {
             "timeout_min": cfg.time_min,
@@ -307,9 +317,15 @@ class SlurmExecutor(Executor):
         if not specs:
             return
         jobs = []
-        with self.ex.batch():
-            for spec in specs:
-                jobs.append(self.ex.submit(_TrialJob({**spec, "threads": self._threads})))
+        try:
+            with self.ex.batch():
+                for spec in specs:
+                    jobs.append(self.ex.submit(_TrialJob({**spec, "threads": self._threads})))
+        except (OSError, RuntimeError, self.submitit.core.utils.FailedJobError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise ExecutorUnavailable(
+                f"executor slurm: submitting the job array failed: {first}"
+            ) from None
         self._jobs.update(zip(jobs, specs, strict=True))
 
     def pending(self) -> int:
