@@ -208,3 +208,17 @@ def test_train_subset_keeps_the_first_examples_and_the_validation_split(
     assert sub.windows_per_epoch == 100
     with pytest.raises(ValueError, match="data.train_subset: 2000 is more than the 1500"):
         build_dataset(DataConfig(source="digits", train_subset=2000))
+
+
+def test_contrast_scales_each_images_deviation_from_its_mean() -> None:
+    """Closed form: y_i - mean(x_i) = f_i (x_i - mean(x_i)) with one factor f_i per image in
+    [1 - c, 1 + c], and the factors differ between images (a no-op gives f_i = 1)."""
+    x, key, c = BATCH["image"], jax.random.PRNGKey(0), 0.5
+    y = np.asarray(Augment(contrast=c)(x, key))
+    x = np.asarray(x)
+    dev_x = (x - x.mean((1, 2, 3), keepdims=True)).reshape(len(x), -1)
+    dev_y = (y - x.mean((1, 2, 3), keepdims=True)).reshape(len(x), -1)
+    f = (dev_x * dev_y).sum(1) / (dev_x * dev_x).sum(1)  # least-squares factor per image
+    np.testing.assert_allclose(dev_y, f[:, None] * dev_x, atol=1e-5)
+    assert np.all((f >= 1 - c - 1e-6) & (f <= 1 + c + 1e-6))
+    assert np.ptp(f) > 0.05 and np.max(np.abs(f - 1)) > 0.05

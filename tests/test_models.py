@@ -229,3 +229,25 @@ def test_attention_dropout_path_stays_causal_and_active() -> None:
     # The probabilities' dropout draws from the same "dropout" stream: a different key differs.
     c = apply(model, params, tokens, deterministic=False, rng=jax.random.key(6))
     assert not np.allclose(np.asarray(a), np.asarray(c))
+
+
+def test_activations_match_their_closed_forms() -> None:
+    """Each activation name gives its own function (silu mapped to relu would pass a test
+    that only trains or checks finiteness)."""
+    from scalinglab.models.layers import activation_fn
+
+    x = np.linspace(-4.0, 4.0, 81)
+    sig = 1 / (1 + np.exp(-x))
+    want = {
+        "sigmoid": sig,
+        "tanh": np.tanh(x),
+        "relu": np.maximum(x, 0),
+        "leaky_relu": np.where(x > 0, x, 0.01 * x),
+        "elu": np.where(x > 0, x, np.expm1(x)),
+        "gelu": 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+        "silu": x * sig,
+        "swiglu": x * sig,  # the gate's function; the product with `up` is Mlp's
+    }
+    for name, ref in want.items():
+        got = np.asarray(activation_fn(name)(jnp.asarray(x, jnp.float32)))
+        np.testing.assert_allclose(got, ref, atol=2e-6, err_msg=name)

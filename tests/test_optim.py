@@ -234,3 +234,17 @@ def test_trials_of_one_model_share_the_jitted_steps() -> None:
     assert jitted(**{"model.d_model": 16}) is not base
     assert jitted(**{"optimizer.b2": 0.9}) is not base
     assert jitted(**{"optimizer.schedule.name": "wsd"}) is not base
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_coupled_l2_is_added_to_the_gradient(name: str) -> None:
+    """sgd, momentum and adam decay as torch does: wd * param joins the gradient before the
+    update rule. With a zero gradient the first update is then a closed form: -wd p for sgd
+    and momentum (before the lr), and -(wd p) / (|wd p| + eps) for adam's first step."""
+    wd, eps = 0.1, 1e-8
+    p = {"w": jnp.array([[0.5, -2.0], [3.0, -0.25]])}
+    rule = build_update_rule(OptimizerConfig(name=name, weight_decay=wd, eps=eps))
+    updates, _ = rule.update(jax.tree.map(jnp.zeros_like, p), rule.init(p), p)
+    g = wd * np.asarray(p["w"])
+    want = g / (np.abs(g) + eps) if name == "adam" else g
+    np.testing.assert_allclose(np.asarray(updates["w"]), want, rtol=1e-6)
