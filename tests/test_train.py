@@ -10,13 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import tiny_trial
 from scalinglab import runfiles as rf
 from scalinglab.train import TrialError, plan_steps, run_trial
-from scalinglab.train.loop import WALL_CLOCK_FIELDS
+from scalinglab.train.loop import WALL_CLOCK_FIELDS, build_trainer
+from scalinglab.train.state import init_state
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -56,22 +59,25 @@ def test_same_directory_refuses_another_config(tmp_path: Path) -> None:
 
 
 def test_resume_in_process_equals_uninterrupted(tmp_path: Path) -> None:
+    # Logging every 3 steps puts the checkpoint at 20 between log points (18 and 21): the
+    # losses of steps 19-20 are saved with it, or step 21's train_loss would differ.
+    over = {"model.dropout": 0.1, "train.log_every": 3}
     ref = tmp_path / "ref"
-    run_trial(tiny_trial(**{"model.dropout": 0.1}), ref)
+    run_trial(tiny_trial(**over), ref)
     part = tmp_path / "part"
-    cfg = tiny_trial(**{"model.dropout": 0.1})
+    cfg = tiny_trial(**over)
 
     class Stop(Exception):
         pass
 
     def stop_after_checkpoint(ev: dict) -> None:
-        if ev.get("step") == 25:  # after the checkpoint at 20, before the one at 30
+        if ev.get("step") == 24:  # after the checkpoint at 20, before the one at 30
             raise Stop
 
     with pytest.raises(Stop):
         run_trial(cfg, part, progress=stop_after_checkpoint)
     assert rf.read_json(part / rf.STATUS)["status"] == "failed"
-    assert max(r["step"] for r in rf.read_jsonl(part / rf.METRICS)) == 25
+    assert max(r["step"] for r in rf.read_jsonl(part / rf.METRICS)) == 24
     run_trial(cfg, part)
     assert _metrics(part) == _metrics(ref)
     assert rf.read_json(part / rf.STATUS)["attempts"] == 2
@@ -177,10 +183,14 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path) -> None:
     for f in latest.rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
+    seen: list[int] = []
     with pytest.warns(RuntimeWarning, match="step 30 is unreadable"):
-        summary = run_trial(cfg, tmp_path)
+        summary = run_trial(cfg, tmp_path, progress=lambda ev: seen.append(ev.get("step", 0)))
     ref = run_trial(cfg, tmp_path / "ref")
     assert summary["final_eval_loss"] == ref["final_eval_loss"]
+    # From the previous checkpoint (20), not from scratch: the same loss either way, so the
+    # steps it trained are what tells them apart.
+    assert min(s for s in seen if s) == 20 and not {5, 10, 15} & set(seen)
 
 
 def test_divergence_is_recorded(tmp_path: Path) -> None:
@@ -355,3 +365,27 @@ def test_data_parallel_over_two_devices_matches_one(tmp_path: Path) -> None:
 def test_each_schedule_trains_the_gpt(schedule: str) -> None:
     first, last = _fit_fixed_batch({"optimizer.schedule": f"{{name: {schedule}}}"})
     assert last < 0.8 * first, (first, last)
+
+
+def test_dropout_masks_change_with_the_step() -> None:
+    """The dropout key is folded with the step: the same state and batch one step later draw
+    another mask (a key reused every step would give the same loss), and without dropout
+    the step number changes nothing."""
+
+    def losses(dropout: float) -> tuple[float, float]:
+        cfg = tiny_trial(**{"model.dropout": dropout})
+        trainer = build_trainer(cfg, 100)
+        state = init_state(trainer.task, trainer.tx, jax.random.PRNGKey(0))
+        batch = trainer.task.example_batch(cfg.train.batch_size, np.random.default_rng(0))
+        key = jax.random.PRNGKey(1)
+        out = []
+        for step in (3, 4):
+            moved = state.replace(step=jnp.asarray(step, state.step.dtype))
+            moved = jax.tree.map(jnp.copy, moved)  # the step donates its state
+            out.append(float(trainer.step_fn(moved, batch, key)[1]["loss"]))
+        return out[0], out[1]
+
+    a, b = losses(0.3)
+    assert a != b
+    c, d = losses(0.0)
+    assert c == d
