@@ -185,6 +185,10 @@ def test_located_schema_errors(tmp_path: Path) -> None:
             "sweep.yaml:2: grid.train.budget.tokens: isoflop sets train.budget"
         ),
         "name: a/b\n": "sweep.yaml:1: name: must be letters, digits",
+        "name: s\ngrid:\n  seed: [0, 1]\nzip:\n  - {seed: [2, 3], model.d_model: [32, 48]}\n": (
+            "seed: swept twice (in grid and a zip group)"
+        ),
+        "name: s\ngrid:\n  seed: [0, 1]\n  seed: [2]\n": "sweep.yaml:4: duplicate key 'seed'",
     }
     for text, expected in cases.items():
         path = _write(tmp_path, text)
