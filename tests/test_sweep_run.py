@@ -228,6 +228,28 @@ def _wait(cond: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _busy_trial(out: Path, min_step: int) -> tuple[Path, int] | None:
     """A trial being trained past `min_step`, with its worker's pid."""
     for d in out.glob("*/"):
@@ -252,10 +274,15 @@ def test_kill_9_worker_and_runner_then_rerun_equals_uninterrupted(
         _, worker = _wait(lambda: _busy_trial(out, 40), 120, "a trial to pass step 40")
         os.kill(worker, signal.SIGKILL)  # a worker dies mid-trial: the sweep goes on
         _wait(lambda: (b := _busy_trial(out, 40)) and b[1] != worker, 120, "a new worker")
+        workers = _children(runner.pid)
+        started = {d.name for d in out.glob("*/") if (d / rf.METRICS).exists()}
         os.kill(runner.pid, signal.SIGKILL)  # then the runner itself
         runner.wait(30)
-        # Its workers follow it (they checkpoint first) and leave no lock behind.
+        # Its workers follow it (they checkpoint first), take no queued trial and leave no
+        # lock behind.
         _wait(lambda: all(holder(d) is None for d in out.glob("*/")), 60, "workers to exit")
+        _wait(lambda: not any(_alive(pid) for pid in workers), 60, "worker processes to end")
+        assert {d.name for d in out.glob("*/") if (d / rf.METRICS).exists()} == started
     finally:
         runner.kill()
     assert len(list(out.glob("*/summary.json"))) < len(trials)
@@ -344,3 +371,16 @@ def test_paired_eval_noise_sees_through_shared_batch_difficulty() -> None:
     ]
     paired_eval_noise(rows)
     assert all(np.isnan(r["final_eval_loss_se_paired"]) for r in rows)
+
+
+def test_an_orphaned_local_worker_takes_no_trial(tmp_path: Path) -> None:
+    """A local worker whose runner died exits (143) at the next trial it is handed, before
+    locking or training it: queued work waits for the next runner."""
+    run_dir = tmp_path / "trial"
+    code = (
+        "from scalinglab.sweep import worker; worker._runner['pid'] = -1; "  # not our parent
+        f"worker.execute_trial({{'trial_id': 't', 'run_dir': {str(run_dir)!r}, 'config': {{}}}})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert not run_dir.exists()

@@ -28,6 +28,19 @@ _CACHE_EVENTS = {
 }
 _counts: dict[str, int] = dict.fromkeys(_CACHE_EVENTS.values(), 0)
 _configured: dict[str, Any] = {}
+_runner: dict[str, int] = {}  # the pid of the runner that started this local worker
+
+
+def _orphaned() -> bool:
+    """Whether this local worker's runner is gone (the worker was re-parented)."""
+    return bool(_runner) and os.getppid() != _runner["pid"]
+
+
+def _exit_if_orphaned() -> None:
+    """A local worker whose runner died takes no further trial: queued work stays queued for
+    the next runner, and nothing trains behind the user's back."""
+    if _orphaned():
+        os._exit(143)  # 128 + SIGTERM: what the runner's death signalled
 
 
 def xla_flags(threads: int | None) -> str:
@@ -82,6 +95,7 @@ def execute_trial(spec: Spec) -> Outcome:
     Never raises for a trial's own failure: the error is in the outcome (and status.json), so
     the sweep goes on. A trial locked by another live process is reported as "locked".
     """
+    _exit_if_orphaned()
     setup_worker(spec.get("threads"), spec.get("cache_dir"))
     from scalinglab.config import TrialConfig
     from scalinglab.rundir import RunDir
@@ -122,6 +136,7 @@ def execute_trial(spec: Spec) -> Outcome:
             out["traceback"] = traceback.format_exc(limit=8)
     finally:
         lock.release()
+    _exit_if_orphaned()  # the runner died during the trial (which checkpointed and stopped)
     out["wall_s"] = time.perf_counter() - t0
     out.update({k: _counts[k] - before[k] for k in _counts})
     return out
@@ -132,6 +147,7 @@ def init_local_worker() -> None:
     # Ctrl-C reaches every process of the terminal's group: idle workers ignore it, and a
     # training worker's run_trial installs its own handler (checkpoint, then stop).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _runner["pid"] = os.getppid()
     if sys.platform.startswith("linux"):
         # Die with the runner (kill -9 included): a SIGTERM makes run_trial checkpoint and
         # stop, so an orphan never keeps a trial locked while a new runner resumes the sweep.
