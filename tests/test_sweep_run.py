@@ -384,3 +384,54 @@ def test_an_orphaned_local_worker_takes_no_trial(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 143, done.stderr
     assert not run_dir.exists()
+
+
+def test_ctrl_c_once_stops_cleanly_and_twice_at_once(tmp_path: Path, cache: Path) -> None:
+    """One Ctrl-C (SIGINT to the terminal's process group): running trials checkpoint, no
+    queued trial starts, the runner exits 130 within seconds, its workers end. After a
+    re-run, two Ctrl-C half a second apart stop it at once, without a traceback."""
+    doc = {"name": "t", "base": json.loads(json.dumps(BASE)), "grid": {"seed": list(range(6))}}
+    doc["base"]["train"]["budget"] = {"steps": 5000}  # long enough to be caught mid-trial
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "out"
+
+    def started() -> set[str]:
+        return {d.name for d in out.glob("*/") if (d / rf.METRICS).exists()}
+
+    def busy() -> bool:
+        return sum(1 for d in out.glob("*/") if holder(d) and (d / rf.METRICS).exists()) == 2
+
+    for presses in (1, 2):
+        cmd = [sys.executable, "-m", "scalinglab.cli", "sweep", "run", str(path)]
+        cmd += ["--out", str(out), "--workers", "2", "--cache-dir", str(cache)]
+        runner = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _wait(busy, 120, "both workers to train")
+            workers, before = _children(runner.pid), started()
+            t0 = time.monotonic()
+            for i in range(presses):
+                if i:
+                    time.sleep(0.5)
+                os.killpg(runner.pid, signal.SIGINT)
+            _, err = runner.communicate(timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            runner.kill()
+        assert runner.returncode == 130, err
+        said = " ".join(err.split())  # the console wraps long lines
+        assert "Traceback" not in err and "re-run the same command to resume" in said, err
+        assert started() == before  # nothing queued started after the Ctrl-C
+        assert took < (30 if presses == 1 else 10), took
+        _wait(lambda w=workers: not any(_alive(p) for p in w), 30, "workers to end")
+        assert all(holder(d) is None for d in out.glob("*/"))
+        if presses == 1:
+            busy_ones = [d for d in out.glob("*/") if d.name in before]
+            assert all(rf.read_json(d / rf.STATUS)["status"] == "interrupted" for d in busy_ones)
+            assert all(any((d / rf.CHECKPOINTS).iterdir()) for d in busy_ones)

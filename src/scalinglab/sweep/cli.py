@@ -182,6 +182,8 @@ class _SweepProgress:
                 msg += f": {o['error']}"
             self.bar.console.print(msg, highlight=False, soft_wrap=True)
             self.bar.update(self.total, description=self._desc())
+        elif kind == "interrupt":
+            self.bar.console.print(f"[yellow]{ev['message']}[/]", highlight=False)
         elif kind == "poll":
             running = ev["running"]
             live = self.finished_work + sum(r["flops"] or 0.0 for r in running)

@@ -29,6 +29,7 @@ from scalinglab.sweep.config import (
     RayExecutorConfig,
     SlurmExecutorConfig,
 )
+from scalinglab.sweep.locks import holder
 from scalinglab.sweep.worker import (  # noqa: F401  (re-exported)
     Outcome,
     Spec,
@@ -78,6 +79,10 @@ class Executor:
     def interrupt(self) -> None:
         """Ask running trials to checkpoint and stop (they report "interrupted")."""
 
+    def kill(self) -> None:
+        """Stop at once, after a second interrupt (default: drop what has not started)."""
+        self.cancel_queued()
+
     def close(self) -> None:
         """Release workers and runtimes this executor started."""
 
@@ -93,14 +98,18 @@ class LocalExecutor(Executor):
         self._futures: dict[cf.Future, Spec] = {}
         self._crashes: dict[str, int] = {}
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._interrupted = False
         self._env: dict[str, str] = {}
         self._outcomes: list[Outcome] = []
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
+        ctx = mp.get_context("spawn")
+        self._stop = ctx.Event()  # set on interrupt: workers start no further trial
         return cf.ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=mp.get_context("spawn"),
+            mp_context=ctx,
             initializer=init_local_worker,
+            initargs=(self._stop,),
         )
 
     def submit(self, specs: list[Spec]) -> None:
@@ -135,7 +144,12 @@ class LocalExecutor(Executor):
                 self._outcomes.append(
                     {"trial_id": spec["trial_id"], "status": "failed", "error": repr(e)}
                 )
-        if broken:
+        if broken and self._interrupted:  # workers stopped by the interrupt: nothing restarts
+            self._outcomes += [
+                {"trial_id": s["trial_id"], "status": "interrupted", "error": "sweep interrupted"}
+                for s in broken
+            ]
+        elif broken:
             self._restart(broken)
         out, self._outcomes = self._outcomes, []
         return out
@@ -169,17 +183,47 @@ class LocalExecutor(Executor):
             if fut.cancel():
                 self._futures.pop(fut)
 
-    def interrupt(self) -> None:
-        self.cancel_queued()
+    def _processes(self) -> list[Any]:
         procs = getattr(self._pool, "_processes", None) or {}
-        for p in list(procs.values()):
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+        return [p for p in list(procs.values()) if p.is_alive()]
+
+    def interrupt(self) -> None:
+        """Set the pool's stop event (queued trials return "not started" at once) and SIGTERM
+        the workers that are training (they checkpoint and stop). Idle workers are left to
+        exit when the pool shuts down: killing them would break the pool, and nothing is
+        cancelled, which keeps clear of a CPython race between the two."""
+        self._interrupted = True
+        if self._pool is None:
+            return
+        self._stop.set()
+        live = {p.pid for p in self._processes()}
+        for spec in list(self._futures.values()):
+            pid = (holder(spec["run_dir"]) or {}).get("pid")
+            if pid in live:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """A second Ctrl-C: stop every worker at once (the last checkpoints stay)."""
+        for p in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        self._futures.clear()
+        self._outcomes.clear()
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._pool is None:
+            return
+        if self._interrupted:  # never wait on workers that may be gone or still stopping
+            procs = self._processes()
+            self._pool.shutdown(wait=False)
+            for p in procs:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+        else:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
 
 def _missing(extra: str, module: str) -> ExecutorUnavailable:

@@ -221,18 +221,32 @@ def run_sweep(
                 if progress:
                     emit("poll", running=_running(sweep_dir, specs, result, t0))
     except (KeyboardInterrupt, SweepInterrupted):
+        # First Ctrl-C: running trials checkpoint and stop, nothing new starts. A second one
+        # stops the workers at once; after it, further Ctrl-C are ignored while this cleans up.
         ex.interrupt()
+        emit(
+            "interrupt",
+            message="interrupted: running trials checkpoint and stop (Ctrl-C again"
+            " to stop at once)",
+        )
         deadline = time.monotonic() + 120
-        while ex.pending() and time.monotonic() < deadline:
-            try:
+        said = "sweep interrupted; running trials were checkpointed"
+        try:
+            while ex.pending() and time.monotonic() < deadline:
                 for outcome in ex.poll(poll_s):
                     result.outcomes[outcome["trial_id"]] = outcome
-            except KeyboardInterrupt:
-                break
-        ex.close()
-        result.wall_s = time.perf_counter() - t0
-        _finish(sweep_dir, result, emit)
-        raise SweepInterrupted("sweep interrupted; running trials were checkpointed") from None
+        except (KeyboardInterrupt, SweepInterrupted):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            ex.kill()
+            said = "sweep stopped at once; trials resume from their last checkpoints"
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            ex.close()
+            result.wall_s = time.perf_counter() - t0
+            _finish(sweep_dir, result, emit)
+        finally:
+            signal.signal(signal.SIGINT, old)
+        raise SweepInterrupted(said) from None
     ex.close()
     result.wall_s = time.perf_counter() - t0
     _finish(sweep_dir, result, emit)

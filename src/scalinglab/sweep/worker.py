@@ -29,6 +29,7 @@ _CACHE_EVENTS = {
 _counts: dict[str, int] = dict.fromkeys(_CACHE_EVENTS.values(), 0)
 _configured: dict[str, Any] = {}
 _runner: dict[str, int] = {}  # the pid of the runner that started this local worker
+_stopping: dict[str, Any] = {}  # "why" once a trial here was interrupted; "event": the pool's
 
 
 def _orphaned() -> bool:
@@ -96,6 +97,11 @@ def execute_trial(spec: Spec) -> Outcome:
     the sweep goes on. A trial locked by another live process is reported as "locked".
     """
     _exit_if_orphaned()
+    event = _stopping.get("event")
+    if "why" in _stopping or (event is not None and event.is_set()):
+        # The sweep was interrupted: a trial still queued for this worker is not started.
+        why = "not started: the sweep was interrupted"
+        return {"trial_id": spec["trial_id"], "status": "interrupted", "error": why}
     setup_worker(spec.get("threads"), spec.get("cache_dir"))
     from scalinglab.config import TrialConfig
     from scalinglab.rundir import RunDir
@@ -126,9 +132,11 @@ def execute_trial(spec: Spec) -> Outcome:
         out.update(status=summary["status"], summary=summary, error=summary.get("diverged"))
     except TrialInterrupted as e:
         out.update(status="interrupted", error=str(e))
+        _stopping["why"] = "not started: the sweep was interrupted"
     except KeyboardInterrupt:
         RunDir(run_dir).mark_interrupted("interrupted; re-run to resume")
         out.update(status="interrupted", error="KeyboardInterrupt")
+        _stopping["why"] = "not started: the sweep was interrupted"
     except Exception as e:  # noqa: BLE001 - a failed trial must not stop the sweep
         msg = str(e).splitlines()[0] if str(e) else ""
         out.update(status="failed", error=f"{type(e).__name__}: {msg}", error_type=type(e).__name__)
@@ -142,8 +150,11 @@ def execute_trial(spec: Spec) -> Outcome:
     return out
 
 
-def init_local_worker() -> None:
-    """Initialiser of a local pool process: ignore Ctrl-C, die with the runner."""
+def init_local_worker(stop: Any = None) -> None:
+    """Initialiser of a local pool process: ignore Ctrl-C, die with the runner, and start no
+    trial once ``stop`` (the pool's multiprocessing Event) is set."""
+    if stop is not None:
+        _stopping["event"] = stop
     # Ctrl-C reaches every process of the terminal's group: idle workers ignore it, and a
     # training worker's run_trial installs its own handler (checkpoint, then stop).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
