@@ -143,14 +143,25 @@ def chinchilla_allocation(
     Returns (a, b, G) with ``N_opt = G (C/6)^a`` and ``D_opt = G^-1 (C/6)^b``:
     ``a = beta/(alpha+beta)``, ``b = alpha/(alpha+beta)``,
     ``G = (alpha A / (beta B))^(1/(alpha+beta))`` (Hoffmann et al., 2022, eq. 4).
-    Works elementwise on arrays too (for bootstrap samples).
+    Works elementwise on arrays too (for bootstrap samples). Undefined (NaN) unless both
+    exponents are positive: a loss that does not fall with N or D has no optimal split.
     """
-    s = alpha + beta
-    return beta / s, alpha / s, (alpha * A / (beta * B)) ** (1.0 / s)
+    alpha, beta, A, B = (np.asarray(v, dtype=np.float64) for v in (alpha, beta, A, B))
+    ok = (alpha > 0) & (beta > 0) & (A > 0) & (B > 0)
+    a_, b_, A_, B_ = (np.where(ok, v, 1.0) for v in (alpha, beta, A, B))
+    s = a_ + b_
+    G = (a_ * A_ / (b_ * B_)) ** (1.0 / s)
+    nan = np.float64(np.nan)
+    out = tuple(np.where(ok, v, nan) for v in (b_ / s, a_ / s, G))
+    if out[0].ndim == 0:
+        return float(out[0]), float(out[1]), float(out[2])
+    return out  # type: ignore[return-value]
 
 
 def _exp_names(raw: np.ndarray, names: tuple[str, ...], logged: tuple[bool, ...]) -> dict:
-    return {n: float(np.exp(v) if lg else v) for n, v, lg in zip(names, raw, logged, strict=True)}
+    with np.errstate(over="ignore"):  # a runaway start: inf, reported as such, not a warning
+        pairs = zip(names, raw, logged, strict=True)
+        return {n: float(np.exp(v) if lg else v) for n, v, lg in pairs}
 
 
 @dataclass(frozen=True, eq=False)

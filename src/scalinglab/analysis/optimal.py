@@ -209,7 +209,8 @@ def fit_samples(fit: Fit, names: tuple[str, ...]) -> list[np.ndarray] | None:
 def _closed_form(A, B, alpha, beta, k=6.0):
     """(log k_N, a, log k_D, b) with N_opt = G (C/k)^a, D_opt = (C/k)^b / G."""
     a, b, G = chinchilla_allocation(A, B, alpha, beta)
-    return np.log(G) - a * np.log(k), a, -np.log(G) - b * np.log(k), b
+    with np.errstate(divide="ignore", invalid="ignore"):  # degenerate laws give -inf/NaN
+        return np.log(G) - a * np.log(k), a, -np.log(G) - b * np.log(k), b
 
 
 def compute_optimal(
