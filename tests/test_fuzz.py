@@ -104,7 +104,7 @@ VALID = st.tuples(  # positive, finite, plausible: these reach the fit itself
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(
         st.lists(st.tuples(NUM, NUM, NUM), min_size=0, max_size=12),
