@@ -45,6 +45,13 @@ class Approach:
     unusable_share: float = 0.0
     resampled: str | None = None  # resample_key of the draws: equal keys pair row by row
 
+    @classmethod
+    def from_theta(
+        cls, name: str, theta: np.ndarray, samples: np.ndarray | None = None, **fields: Any
+    ) -> Approach:
+        """An approach from its fitted (log k_N, a, log k_D, b), ``SAMPLE_COLUMNS`` order."""
+        return cls(name, theta[1], theta[3], theta[0], theta[2], samples, **fields)
+
     @property
     def ok(self) -> bool:
         """Whether both exponents were estimated."""

@@ -404,18 +404,15 @@ def approach2(
         }
     )
     extra["minima"] = _records(rows)
-    return Approach(
+    return Approach.from_theta(
         NAME,
-        theta[1],
-        theta[3],
-        theta[0],
-        theta[2],
+        theta,
         samples if bootstrap > 0 and len(samples) else None,
-        points,
-        flags,
-        confidence,
-        extra,
-        share,
+        points=points,
+        flags=flags,
+        confidence=confidence,
+        extra=extra,
+        unusable_share=share,
     )
 
 

@@ -135,19 +135,15 @@ def approach1(
     pts = pts.rename(columns={"N": "N_opt", "D": "D_opt"})
     paired = samples is not None and runs is not None
     key = resample_key(len(uniq), bootstrap, seed) if paired else None
-    return Approach(
+    return Approach.from_theta(
         name,
-        theta[1],
-        theta[3],
-        theta[0],
-        theta[2],
+        theta,
         samples,
-        pts,
-        flags,
-        confidence,
-        {},
-        share,
-        key,
+        points=pts,
+        flags=flags,
+        confidence=confidence,
+        unusable_share=share,
+        resampled=key,
     )
 
 
@@ -176,12 +172,9 @@ def approach3(fit: Fit) -> Approach:
     flags = [] if fit.converged else ["the parametric fit did not converge"]
     if share > 0:
         flags.append(f"{100 * share:.0f}% of the fit's bootstrap refits failed or gave no optimum")
-    return Approach(
+    return Approach.from_theta(
         name,
-        theta[1],
-        theta[3],
-        theta[0],
-        theta[2],
+        theta,
         samples,
         flags=flags,
         confidence=fit.confidence,
