@@ -389,3 +389,45 @@ def test_dropout_masks_change_with_the_step() -> None:
     assert a != b
     c, d = losses(0.0)
     assert c == d
+
+
+def _stopped_at(tmp_path: Path, step: int) -> Path:
+    """A trial stopped (by an exception in its progress callback) after `step`."""
+    cfg = tiny_trial()
+
+    class Stop(Exception):
+        pass
+
+    def stop(ev: dict) -> None:
+        if ev.get("step") == step:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_trial(cfg, tmp_path, progress=stop)
+    return tmp_path / rf.CHECKPOINTS
+
+
+def test_checkpoint_of_another_format_is_reported_not_deleted(tmp_path: Path) -> None:
+    from scalinglab.errors import RunDirError
+    from scalinglab.train.checkpoint import CHECKPOINT_FORMAT
+
+    ckpts = _stopped_at(tmp_path, 15)
+    host = ckpts / "10" / "host" / "metadata"
+    doc = json.loads(host.read_text())
+    assert doc["format"] == CHECKPOINT_FORMAT
+    host.write_text(json.dumps({**doc, "format": CHECKPOINT_FORMAT + 1}))
+    with pytest.raises(
+        RunDirError, match=r"checkpoints/10: checkpoint format 2 was written by a newer"
+    ):
+        run_trial(tiny_trial(), tmp_path)
+    assert (ckpts / "10").is_dir()
+    # An older checkpoint (no format field) whose state this version cannot read: said, kept.
+    host.write_text(json.dumps({k: v for k, v in doc.items() if k != "format"}))
+    for f in (ckpts / "10" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"an older layout")
+    with pytest.raises(
+        RunDirError, match=r"checkpoint format 0 \(written by an older scalinglab\)"
+    ):
+        run_trial(tiny_trial(), tmp_path)
+    assert (ckpts / "10").is_dir()

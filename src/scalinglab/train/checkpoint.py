@@ -10,9 +10,14 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from scalinglab.errors import RunDirError
 from scalinglab.train.state import TrainState
 
 log = logging.getLogger(__name__)
+
+# The layout of a checkpoint (train state tree + host JSON). Raise it when a change makes old
+# checkpoints unreadable; a checkpoint without the field predates versioning (format 0).
+CHECKPOINT_FORMAT = 1
 
 
 def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -27,10 +32,11 @@ def open_manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
 def save(
     manager: ocp.CheckpointManager, state: TrainState, host: dict[str, Any], force: bool = False
 ) -> None:
-    """Save state and the JSON host state at `state.step`."""
+    """Save state and the JSON host state (with ``format``) at `state.step`."""
     step = int(state.step)
     if step in manager.all_steps():
         return
+    host = {**host, "format": CHECKPOINT_FORMAT}
     manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
@@ -43,8 +49,18 @@ def restore_latest(
     manager: ocp.CheckpointManager, target: TrainState
 ) -> tuple[TrainState, dict[str, Any]] | None:
     """Restore the newest readable checkpoint; a corrupt one is deleted with a warning and the
-    previous one is tried. None when there is nothing to restore."""
+    previous one is tried. None when there is nothing to restore.
+
+    A checkpoint of another format is never deleted: one written by a newer version, or an
+    older one that this version cannot read, is a ``RunDirError`` that says so.
+    """
     for step in sorted(manager.all_steps(), reverse=True):
+        fmt = _format(manager, step)
+        if fmt is not None and fmt > CHECKPOINT_FORMAT:
+            raise RunDirError(
+                f"{manager.directory / str(step)}: checkpoint format {fmt} was written by a"
+                f" newer scalinglab (this one reads format {CHECKPOINT_FORMAT}); upgrade"
+            )
         try:
             out = manager.restore(
                 step,
@@ -52,9 +68,18 @@ def restore_latest(
                     state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore()
                 ),
             )
-            return out["state"], dict(out["host"])
+            host = dict(out["host"])
+            host.pop("format", None)
+            return out["state"], host
         except Exception as e:  # noqa: BLE001 - any failure to read means "corrupt"
             first = str(e).splitlines()[0][:200] if str(e) else ""
+            if fmt is not None and fmt < CHECKPOINT_FORMAT:
+                raise RunDirError(
+                    f"{manager.directory / str(step)}: checkpoint format {fmt} (written by an"
+                    f" older scalinglab) cannot be read by this one (format"
+                    f" {CHECKPOINT_FORMAT}): {type(e).__name__}: {first}; train the trial"
+                    " again in a new directory, or resume it with the older version"
+                ) from None
             warnings.warn(
                 f"checkpoint at step {step} is unreadable ({type(e).__name__}: {first}); "
                 "falling back to an earlier one",
@@ -66,3 +91,13 @@ def restore_latest(
             except Exception:  # noqa: BLE001
                 log.warning("could not delete corrupt checkpoint %s", step)
     return None
+
+
+def _format(manager: ocp.CheckpointManager, step: int) -> int | None:
+    """The checkpoint's format: its host JSON's ``format``, 0 when absent (written before
+    versioning); None when the host JSON itself cannot be read (a corrupt checkpoint)."""
+    try:
+        host = manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))
+        return int(dict(host["host"]).get("format", 0))
+    except Exception:  # noqa: BLE001 - unreadable: let the full restore decide
+        return None
