@@ -297,7 +297,7 @@ def test_akima_matches_scipy_reference() -> None:
     """The numpy Akima spline approach 2 minimises equals scipy's Akima1DInterpolator."""
     from scipy.interpolate import Akima1DInterpolator
 
-    from scalinglab.analysis.approach2 import akima
+    from scalinglab.analysis.akima import akima
 
     rng = np.random.default_rng(3)
     for n in (2, 3, 4, 7):
