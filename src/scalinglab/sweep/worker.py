@@ -29,7 +29,14 @@ _CACHE_EVENTS = {
 _counts: dict[str, int] = dict.fromkeys(_CACHE_EVENTS.values(), 0)
 _configured: dict[str, Any] = {}
 _runner: dict[str, int] = {}  # the pid of the runner that started this local worker
-_stopping: dict[str, Any] = {}  # "why" once a trial here was interrupted; "event": the pool's
+# "event": the pool's stop Event; "interrupted": True once a trial of this worker was stopped
+_stopping: dict[str, Any] = {}
+
+
+def _stop_requested() -> bool:
+    """Whether this worker should start no further trial (the sweep is being interrupted)."""
+    event = _stopping.get("event")
+    return bool(_stopping.get("interrupted")) or (event is not None and event.is_set())
 
 
 def _orphaned() -> bool:
@@ -97,9 +104,7 @@ def execute_trial(spec: Spec) -> Outcome:
     the sweep goes on. A trial locked by another live process is reported as "locked".
     """
     _exit_if_orphaned()
-    event = _stopping.get("event")
-    if "why" in _stopping or (event is not None and event.is_set()):
-        # The sweep was interrupted: a trial still queued for this worker is not started.
+    if _stop_requested():  # a trial still queued for this worker is not started
         why = "not started: the sweep was interrupted"
         return {"trial_id": spec["trial_id"], "status": "interrupted", "error": why}
     setup_worker(spec.get("threads"), spec.get("cache_dir"))
@@ -132,11 +137,11 @@ def execute_trial(spec: Spec) -> Outcome:
         out.update(status=summary["status"], summary=summary, error=summary.get("diverged"))
     except TrialInterrupted as e:
         out.update(status="interrupted", error=str(e))
-        _stopping["why"] = "not started: the sweep was interrupted"
+        _stopping["interrupted"] = True
     except KeyboardInterrupt:
         RunDir(run_dir).mark_interrupted("interrupted; re-run to resume")
         out.update(status="interrupted", error="KeyboardInterrupt")
-        _stopping["why"] = "not started: the sweep was interrupted"
+        _stopping["interrupted"] = True
     except Exception as e:  # noqa: BLE001 - a failed trial must not stop the sweep
         msg = str(e).splitlines()[0] if str(e) else ""
         out.update(status="failed", error=f"{type(e).__name__}: {msg}", error_type=type(e).__name__)
