@@ -277,7 +277,7 @@ def test_all_failed_sweep_says_why(tmp_path):
     for i, status in enumerate(["failed", "failed", "diverged"]):
         d = tmp_path / "sweep" / f"t{i}"
         d.mkdir(parents=True)
-        (d / "config.yaml").write_text("seed: 0\n")
+        (d / "config.yaml").write_text(f"seed: {i}\n")
         (d / "status.json").write_text(json.dumps({"status": status, "error": "boom"}))
     res = runner.invoke(app, ["fit", str(tmp_path / "sweep")])
     assert res.exit_code == 2, res.output
@@ -290,7 +290,7 @@ def test_a_corrupt_trial_is_left_out_and_named(tmp_path):
     for i in range(6):
         d = tmp_path / "sweep" / f"t{i}"
         d.mkdir(parents=True)
-        (d / "config.yaml").write_text("seed: 0\n")
+        (d / "config.yaml").write_text(f"seed: {i}\n")
         N, D = 1e6 * (i + 1), 1e8
         summary = {
             "status": "done",

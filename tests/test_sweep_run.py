@@ -32,6 +32,7 @@ from scalinglab.sweep import (
     run_sweep,
     sweep_from_dict,
 )
+from scalinglab.sweep.expand import legacy_trial_id
 from scalinglab.sweep.locks import TrialLock, holder
 from scalinglab.train.loop import WALL_CLOCK_FIELDS
 
@@ -114,6 +115,26 @@ def test_run_skip_edit_and_load_runs(tmp_path: Path, cache: Path) -> None:
     trained = [t for t, o in res.outcomes.items() if not o.get("skipped")]
     assert len(trained) == 1 and res.outcomes[trained[0]]["status"] == "done"
     assert (load_runs(out)["attempts"] == 1).all()
+
+    # Cadence edits (checkpoint/log/eval) leave every trial as it is: nothing retrains.
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1, 2], "train.checkpoint_every": [7]})
+    sweep, edited = load_sweep(path)
+    assert [t.trial_id for t in edited] == [t.trial_id for t in trials]
+    assert all(o.get("skipped") for o in run_sweep(sweep, edited, out).outcomes.values())
+
+    # A directory named by the first id scheme is adopted (renamed), not retrained.
+    first = trials[0]
+    (out / first.trial_id).rename(out / legacy_trial_id(first.config))
+    res = run_sweep(sweep, trials, out, cache_dir=cache)
+    assert all(o.get("skipped") for o in res.outcomes.values())
+    assert (out / first.trial_id).is_dir() and not (out / legacy_trial_id(first.config)).exists()
+
+    # Two directories of one trial are one row, and the copy is named in a note.
+    shutil.copytree(out / first.trial_id, out / "copy-of-first")
+    runs = load_runs(out)
+    assert sorted(runs["trial_id"]) == sorted(t.trial_id for t in trials)
+    assert "copy-of-first (= " + first.trial_id in runs.attrs["notes"][0]
+    assert set(load_curves(out)["trial_id"]) == set(runs["trial_id"])
 
 
 def test_failed_trial_is_recorded_and_sweep_goes_on(tmp_path: Path, cache: Path) -> None:

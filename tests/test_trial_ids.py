@@ -1,15 +1,25 @@
-"""Trial ids pinned before the round-2 refactor: moving code must not change what a sweep
-directory's ids mean, or every existing sweep would retrain. A change here is a deliberate,
-documented change of the id scheme, never a side effect."""
+"""Trial ids: what a sweep directory's names mean. A change to any pinned id is a deliberate,
+documented change of the id scheme, never a side effect: every existing sweep would retrain.
+
+Scheme 2 (current) hashes `identity_dump`: the results-determining config without the
+log/eval/checkpoint cadence. Scheme 1 (pinned at commit f290a0a, before round 2) hashed the
+whole config but the trackers; its ids must stay computable so old directories are adopted.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scalinglab.config import trial_from_dict
-from scalinglab.sweep.expand import trial_id
+from conftest import tiny_trial
+from scalinglab import runfiles as rf
+from scalinglab.config import ADDED_FIELDS, results_dump, trial_from_dict
+from scalinglab.families import REGISTRY
+from scalinglab.sweep.expand import legacy_trial_id, trial_id
+from scalinglab.sweep.store import flatten
+from scalinglab.train import run_trial
 
 TEXT: dict[str, Any] = {
     "source": "synthetic",
@@ -26,8 +36,8 @@ TRAIN: dict[str, Any] = {
 }
 IMAGE_MODEL: dict[str, Any] = {"image_size": 8, "in_channels": 1, "n_classes": 10}
 
-# (config, id computed by the code at commit f290a0a, before any of it moved)
-PINNED: dict[str, tuple[dict[str, Any], str]] = {
+# (config, scheme-1 id computed by the code at commit f290a0a, scheme-2 id)
+PINNED: dict[str, tuple[dict[str, Any], str, str]] = {
     "gpt": (
         {
             "seed": 0,
@@ -36,6 +46,7 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": TRAIN,
         },
         "2522a6c11359",
+        "ef0fdba78f12",
     ),
     "gpt_rotary_untied": (
         {
@@ -54,6 +65,7 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": {**TRAIN, "budget": {"flops": 1e11}},
         },
         "85966b4a4aa6",
+        "3ff7d07dfd7f",
     ),
     "bert": (
         {
@@ -63,6 +75,7 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": TRAIN,
         },
         "fbe58906dcf3",
+        "a4010138b8d0",
     ),
     "t5": (
         {
@@ -72,6 +85,7 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": TRAIN,
         },
         "db67ffd88ea7",
+        "81a93bff7af8",
     ),
     "mlp": (
         {
@@ -81,6 +95,7 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": {**TRAIN, "budget": {"tokens": 5000}},
         },
         "f6e22d1bdca0",
+        "771d11ea4d80",
     ),
     "resnet": (
         {
@@ -91,11 +106,79 @@ PINNED: dict[str, tuple[dict[str, Any], str]] = {
             "train": {**TRAIN, "budget": {"tokens": 5000}},
         },
         "22c32fc2fab0",
+        "e4a5ec2810da",
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
-def test_trial_id_is_unchanged_by_refactors(name: str) -> None:
-    cfg, expected = PINNED[name]
-    assert trial_id(trial_from_dict(cfg)) == expected
+def test_trial_ids_are_pinned(name: str) -> None:
+    cfg, first, second = PINNED[name]
+    assert legacy_trial_id(trial_from_dict(cfg)) == first
+    assert trial_id(trial_from_dict(cfg)) == second
+
+
+def test_cadence_leaves_the_id_and_results_do_not() -> None:
+    base = trial_id(tiny_trial())
+    for key, value in [
+        ("train.checkpoint_every", 7),
+        ("train.keep_checkpoints", 5),
+        ("train.log_every", 3),
+        ("train.eval_every", 20),
+        ("train.trackers", "[tensorboard]"),
+    ]:
+        assert trial_id(tiny_trial(**{key: value})) == base, key
+    for key, value in [("optimizer.lr", 0.02), ("train.eval_tokens", 1024), ("seed", 1)]:
+        assert trial_id(tiny_trial(**{key: value})) != base, key
+    # With early stopping, evaluations decide when training ends: their cadence counts.
+    stop = tiny_trial(**{"train.early_stopping": "{patience: 2}"})
+    assert trial_id(stop.model_copy(deep=True)) != trial_id(
+        tiny_trial(**{"train.early_stopping": "{patience: 2}", "train.eval_every": 20})
+    )
+
+
+def test_cadence_does_not_change_the_losses(tmp_path: Path) -> None:
+    """Why cadence may leave the id: the same trial logged, evaluated and checkpointed at
+    other steps computes the same losses, bit for bit."""
+    a = run_trial(tiny_trial(), tmp_path / "a")
+    b = run_trial(
+        tiny_trial(**{"train.log_every": 3, "train.eval_every": 20, "train.checkpoint_every": 7}),
+        tmp_path / "b",
+    )
+    # (final_train_loss is the mean since the last log, so its window is the cadence's.)
+    assert a["final_eval_loss"] == b["final_eval_loss"]
+
+    def evals(d: Path) -> dict[int, float]:
+        records = rf.read_jsonl(d / rf.METRICS)
+        return {r["step"]: r["eval_loss"] for r in records if r.get("eval_loss") is not None}
+
+    ea, eb = evals(tmp_path / "a"), evals(tmp_path / "b")
+    assert set(eb) == {20, 40} and all(ea[s] == eb[s] for s in eb)
+
+
+IMAGE_FAMILIES = ("mlp", "resnet")
+
+
+def schema_fields() -> set[str]:
+    """Every results-determining field path of every family ("family:model.x" for models)."""
+    out: set[str] = set()
+    for fam in REGISTRY:
+        doc: dict[str, Any] = {"model": {"family": fam}, "train": {"early_stopping": {}}}
+        if fam in IMAGE_FAMILIES:
+            doc["model"].update(IMAGE_MODEL)
+            doc["data"] = {"source": "digits"}
+        for key in flatten(results_dump(trial_from_dict(doc))):
+            out.add(f"{fam}:{key}" if key.startswith("model.") else key)
+    return out
+
+
+def test_new_fields_are_registered_with_a_neutral_value() -> None:
+    """A field added to the schema changes every id unless `ADDED_FIELDS` names the value at
+    which it computes what configs computed before it existed; a removed one changes the ids
+    of configs that set it. Either needs a deliberate decision, so both fail here."""
+    frozen = set(Path(__file__).with_name("data").joinpath("id_fields_v2.txt").read_text().split())
+    now = schema_fields()
+    added = {f.split(":")[-1] for f in now - frozen}
+    assert not (frozen - now), f"fields removed from the schema: {sorted(frozen - now)}"
+    unregistered = added - set(ADDED_FIELDS)
+    assert not unregistered, f"add to config.ADDED_FIELDS: {sorted(unregistered)}"

@@ -231,9 +231,41 @@ class TrainConfig(Strict):
 OBSERVATION_FIELDS: dict[str, Any] = {"train": {"trackers"}}
 
 
+# How often a run logs, evaluates and checkpoints, and how many checkpoints it keeps: the steps
+# are the same jitted steps on the same batches whatever these are, so the losses are equal
+# (tests/test_trial_ids.py trains both ways). Evaluation cadence counts only with early
+# stopping, which decides at evaluations when training ends.
+CADENCE_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every")
+
+# Fields added to the trial schema after the id scheme (v2) was fixed, each with the value that
+# computes exactly what the config computed before the field existed. A config at that value
+# leaves the field out of its identity, so adding a field never changes existing ids. Adding a
+# field without an entry here fails tests/test_trial_ids.py.
+ADDED_FIELDS: dict[str, Any] = {}
+
+
 def results_dump(cfg: TrialConfig) -> dict[str, Any]:
     """The config as JSON without OBSERVATION_FIELDS: what determines a trial's results."""
     return cfg.model_dump(mode="json", exclude=OBSERVATION_FIELDS)
+
+
+def identity_dump(cfg: TrialConfig) -> dict[str, Any]:
+    """What makes two configs the same trial: `results_dump` without the cadence fields and
+    without ADDED_FIELDS left at their neutral value. Trial ids hash it, and a run directory
+    whose config differs only outside it is the same trial."""
+    out = results_dump(cfg)
+    train = out["train"]
+    for name in CADENCE_FIELDS:
+        if name != "eval_every" or train.get("early_stopping") is None:
+            train.pop(name, None)
+    for dotted, neutral in ADDED_FIELDS.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return out
 
 
 class TrialConfig(Strict):

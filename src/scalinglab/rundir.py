@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab import runfiles as rf
-from scalinglab.config import TrialConfig, dump_trial, results_dump
+from scalinglab.config import TrialConfig, dump_trial, identity_dump
 from scalinglab.errors import RunDirError, TrialError
 
 FINISHED = ("done", "diverged", "stopped_early")
@@ -84,7 +84,7 @@ class RunDir:
     # Transitions.
     def prepare(self, cfg: TrialConfig) -> None:
         """Create the directory and write config.yaml; refuse a directory of another trial
-        (one whose config differs in more than its observation-only fields, the trackers)."""
+        (one whose config differs in more than trackers and cadence: see `identity_dump`)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -155,11 +155,11 @@ def shown_status(status: str, error: str | None, holder: dict[str, Any] | None) 
 
 
 def _same_results(config_text: str, cfg: TrialConfig) -> bool:
-    """Whether a config.yaml describes `cfg` up to observation-only fields."""
+    """Whether a config.yaml describes the same trial as `cfg` (equal `identity_dump`)."""
     import yaml
 
     try:
         old = TrialConfig.model_validate(yaml.safe_load(config_text))
     except (ValueError, TypeError, yaml.YAMLError):
         return False
-    return results_dump(old) == results_dump(cfg)
+    return identity_dump(old) == identity_dump(cfg)

@@ -103,6 +103,7 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         raise FitInputError(f"{path}: run-directory sources need the sweep runner")
     store = importlib.import_module("scalinglab.sweep.store")
     runs = store.load_runs(path)
+    notes = list(runs.attrs.get("notes", []))  # e.g. a trial held by two directories
     runs = _with_data_info(path, runs)
     if "status" in runs:
         done = runs["status"] == "done"
@@ -111,7 +112,6 @@ def _load_run_dir(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             said = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials"
             raise FitInputError(f"{path}: no finished trials to fit ({said})")
         left = runs.loc[~done, "status"].value_counts()
-        notes = []
         if len(left):
             said = ", ".join(f"{n} {s}" for s, n in left.items())
             notes.append(f"{int((~done).sum())} of {len(runs)} trials not fitted ({said})")

@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scalinglab.config import ConfigError, TrialConfig, format_validation_error, results_dump
+from scalinglab.config import (
+    ConfigError,
+    TrialConfig,
+    format_validation_error,
+    identity_dump,
+    results_dump,
+)
 from scalinglab.sweep.config import SweepConfig, dotted_name
 
 BUDGET_KEY = "train.budget.flops"  # the swept key an IsoFLOP budget sets
@@ -31,16 +37,27 @@ class Trial:
     swept: dict[str, Any]  # dotted key -> value, in sweep order (budgets as train.budget.flops)
 
 
+def _digest(tree: dict[str, Any]) -> str:
+    canon = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
 def trial_id(cfg: TrialConfig) -> str:
-    """12 hex digits of sha256 over the resolved config's canonical JSON (sorted keys).
+    """12 hex digits of sha256 over the canonical JSON (sorted keys) of `identity_dump(cfg)`.
 
     Any change of a field that can change results changes the id; an unchanged trial keeps its
     id across runs, Python versions and sweeps, so an edited sweep re-trains only what is new.
-    Observation-only fields (`train.trackers`: where metrics are sent) are left out, so adding
-    a tracker re-trains nothing.
+    Fields that cannot change the losses are left out: the trackers (where metrics go), the
+    log/eval/checkpoint cadence, and fields added to the schema later while at their neutral
+    value (`config.ADDED_FIELDS`).
     """
-    canon = json.dumps(results_dump(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+    return _digest(identity_dump(cfg))
+
+
+def legacy_trial_id(cfg: TrialConfig) -> str:
+    """The id the first scheme gave `cfg` (the whole resolved config but the trackers), so a
+    sweep directory written before the cadence fields left the id is recognised, not retrained."""
+    return _digest(results_dump(cfg))
 
 
 def _combos(sweep: SweepConfig) -> list[dict[str, Any]]:

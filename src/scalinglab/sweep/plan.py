@@ -23,6 +23,7 @@ from scalinglab.config import TrialConfig
 from scalinglab.errors import TrialError
 from scalinglab.flops import model_flops_per_step, param_counts
 from scalinglab.rundir import FINISHED, RunDir
+from scalinglab.sweep import store
 from scalinglab.sweep.expand import Trial
 
 
@@ -203,7 +204,7 @@ def plan(
             warnings.append("validation split shorter than one sequence")
         status = "pending"
         if sweep_dir is not None:
-            status = RunDir(Path(sweep_dir) / t.trial_id).status()
+            status = RunDir(store.trial_dir(sweep_dir, t, adopt=False)).status()
         est = None
         if step_model is not None and steps and status not in FINISHED:
             est = estimate_s(cfg, steps, step_model)

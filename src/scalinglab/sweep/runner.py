@@ -153,7 +153,7 @@ def run_sweep(
     specs: dict[str, Spec] = {}
     work = {t.trial_id: trial_flops(t) for t in trials}
     for t in trials:
-        run_dir = sweep_dir / t.trial_id
+        run_dir = store.trial_dir(sweep_dir, t)  # adopts a directory named by the old ids
         try:
             skip = RunDir(run_dir).skip(retry_failed)
         except OSError as e:  # RunDirError (a corrupt status or summary file) is one too

@@ -16,10 +16,12 @@ import pandas as pd
 import yaml
 
 from scalinglab import runfiles as rf
-from scalinglab.config import parse_model_config
+from scalinglab.config import TrialConfig, parse_model_config
 from scalinglab.errors import RunDirError
 from scalinglab.flops import param_counts
-from scalinglab.rundir import RunDir
+from scalinglab.rundir import FINISHED, RunDir
+from scalinglab.sweep.expand import Trial, legacy_trial_id, trial_id
+from scalinglab.sweep.locks import holder
 
 RESULTS = "results.parquet"
 SWEEP_COPY = "sweep.yaml"
@@ -57,6 +59,25 @@ def trial_dirs(sweep_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such sweep directory")
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / rf.CONFIG).is_file())
+
+
+def trial_dir(sweep_dir: str | Path, trial: Trial, adopt: bool = True) -> Path:
+    """Where `trial` lives in `sweep_dir`: `<trial_id>/`, or the directory an earlier id scheme
+    named for the same trial (`legacy_trial_id`). With `adopt`, such a directory that no live
+    process holds is renamed to the current id (atomic; a concurrent runner's rename wins), so
+    a sweep run before the id change resumes and skips its trials instead of retraining them."""
+    root = Path(sweep_dir)
+    current = root / trial.trial_id
+    legacy = root / legacy_trial_id(trial.config)
+    if current.exists() or legacy == current or not (legacy / rf.CONFIG).is_file():
+        return current
+    if not adopt or holder(legacy) is not None:
+        return legacy
+    try:
+        os.rename(legacy, current)
+    except OSError:  # renamed by another runner meanwhile, or not renamable: use what is there
+        return current if current.exists() else legacy
+    return current
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -97,6 +118,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
         except (ValueError, TypeError):
             pass
         row["steps"] = status.get("step")
+    row["_identity"] = _identity(row, cfg)
     row["loss"] = row.get("final_eval_loss")
     row["isoflop_C"] = ((cfg.get("train") or {}).get("budget") or {}).get("flops")
     row.update(flatten(cfg))
@@ -141,14 +163,57 @@ def paired_eval_noise(rows: list[dict[str, Any]]) -> None:
         row.pop(_BATCHES, None)
 
 
+_RANK = {s: 3 for s in FINISHED} | {"running": 2, "interrupted": 2, "pending": 1, "failed": 1}
+
+
+def _identity(row: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The current id of the trial a directory's config describes (its name if unparseable)."""
+    try:
+        return trial_id(TrialConfig.model_validate(cfg))
+    except (ValueError, TypeError):
+        return str(row["trial_id"])
+
+
+def one_row_per_trial(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Keep one row per trial when two directories hold the same trial (named by two id
+    schemes, or copied): the furthest along (finished, then running or interrupted, then the
+    rest; more steps; the one named by the current id). Returns the rows kept and a note per
+    directory left out, so a fit never counts a run twice."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.pop("_identity", row["trial_id"]), []).append(row)
+    kept, dropped = [], []
+    for ident, members in groups.items():
+        members.sort(
+            key=lambda r: (
+                _RANK.get(r["status"], 0),
+                r.get("steps") or 0,
+                r["trial_id"] == ident,
+            ),
+            reverse=True,
+        )
+        kept.append(members[0])
+        dropped += [f"{m['trial_id']} (= {members[0]['trial_id']})" for m in members[1:]]
+    if not dropped:
+        return kept, []
+    more = ", ..." if len(dropped) > 3 else ""
+    return kept, [
+        f"{len(dropped)} trial directories repeat a trial another directory holds and were "
+        f"left out: {', '.join(dropped[:3])}{more}"
+    ]
+
+
 def load_runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per trial: trial_id, status, error, attempts, N, N_nonembed, D, C,
     final/best eval loss, steps, wall_s, `loss` (= final_eval_loss, what the fits read),
     `isoflop_C` (the nominal budget; C is what the whole steps actually spent) and every config
-    field as a dotted column (model.d_model, seed, ...). Unfinished trials have NaN results."""
-    rows = [_row(d) for d in trial_dirs(sweep_dir)]
+    field as a dotted column (model.d_model, seed, ...). Unfinished trials have NaN results.
+    A trial held by two directories is one row (`one_row_per_trial`); `attrs["notes"]` says
+    which directories were left out."""
+    rows, notes = one_row_per_trial([_row(d) for d in trial_dirs(sweep_dir)])
     paired_eval_noise(rows)
     df = pd.DataFrame(rows)
+    df.attrs["notes"] = notes
     if df.empty:
         df = pd.DataFrame(columns=["trial_id", "status", "N", "N_nonembed", "D", "C", "loss"])
     for col in ("N", "N_nonembed", "D", "C", "loss", "final_eval_loss", "best_eval_loss"):
@@ -167,7 +232,10 @@ def load_curves(sweep_dir: str | Path) -> pd.DataFrame:
     keep += [c for c in runs.columns if c.split(".")[0] in ("model", "data", "train", "optimizer")]
     info = runs.set_index("trial_id")[keep] if not runs.empty else None
     frames = []
+    listed = set(runs["trial_id"])
     for run_dir in trial_dirs(sweep_dir):
+        if run_dir.name not in listed:  # a second directory of a trial load_runs kept once
+            continue
         points = [r for r in rf.read_jsonl(run_dir / rf.METRICS) if r.get("eval_loss") is not None]
         if not points:
             continue
