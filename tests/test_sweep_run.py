@@ -456,3 +456,57 @@ def test_ctrl_c_once_stops_cleanly_and_twice_at_once(tmp_path: Path, cache: Path
             busy_ones = [d for d in out.glob("*/") if d.name in before]
             assert all(rf.read_json(d / rf.STATUS)["status"] == "interrupted" for d in busy_ones)
             assert all(any((d / rf.CHECKPOINTS).iterdir()) for d in busy_ones)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A tmpfs of a chosen size (root only: CI runs as root); yields a resize function."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    def size(n_bytes: int) -> Path:
+        opts = f"size={n_bytes}" if not os.path.ismount(disk) else f"remount,size={n_bytes}"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(disk)], check=False)
+        if done.returncode != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        return disk
+
+    yield size
+    if os.path.ismount(disk):
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+def test_disk_full_fails_the_trial_in_one_line_and_loses_nothing(
+    tmp_path: Path, cache: Path, small_disk: Any
+) -> None:
+    from scalinglab.flops import param_counts
+    from scalinglab.train.checkpoint import SAVE_MARGIN_BYTES
+
+    path = write_sweep(tmp_path / "s.yaml", {"seed": [0]})
+    _, (trial,) = load_sweep(path)
+    # Room for the checkpoint of step 25 (params, Adam's mu and nu in f32, about 330 kB on
+    # disk) but then less than a save asks for: step 50's checkpoint cannot be written.
+    need = 12 * param_counts(trial.config.model)["total"] * 1.02 + SAVE_MARGIN_BYTES
+    disk = small_disk(int(need) + 160_000)
+    cmd = [sys.executable, "-m", "scalinglab.cli", "sweep", "run", str(path)]
+    cmd += ["--out", str(disk / "sw"), "--cache-dir", str(cache)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert "cannot save the checkpoint of step 50: no space left on device" in said, said
+    assert len(said.strip().splitlines()) <= 5, said
+    run_dir = disk / "sw" / trial.trial_id
+    status = json.loads((run_dir / rf.STATUS).read_text())
+    assert status["status"] == "failed" and "no space left on device" in status["error"]
+    assert (run_dir / "checkpoints" / "25").is_dir()
+
+    # Space freed: the trial resumes from step 25 and ends exactly as an uninterrupted run.
+    small_disk(64 << 20)
+    done = subprocess.run([*cmd, "--retry-failed"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sweep, trials = load_sweep(path)
+    run_sweep(sweep, trials, tmp_path / "ref", cache_dir=cache, workers=2)  # same XLA threads
+    ref = tmp_path / "ref" / trial.trial_id
+    assert _records(run_dir) == _records(ref)
+    assert json.loads((run_dir / rf.STATUS).read_text())["attempts"] == 2

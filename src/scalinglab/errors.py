@@ -33,6 +33,11 @@ class RunDirError(ScalinglabError, OSError):
     """A run directory that cannot be read or written."""
 
 
+class DiskFullError(RunDirError):
+    """A write failed for lack of space (or quota): the trial keeps its last complete
+    checkpoint and resumes from it once space is freed."""
+
+
 class SweepError(ScalinglabError, RuntimeError):
     """A sweep that cannot run (unwritable directory, every trial invalid, ...)."""
 
@@ -44,6 +49,7 @@ class ExecutorUnavailable(ScalinglabError, RuntimeError):
 __all__ = [
     "ConfigError",
     "DataError",
+    "DiskFullError",
     "ExecutorUnavailable",
     "FitInputError",
     "RunDirError",

@@ -22,7 +22,7 @@ from typing import Any
 
 from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, dump_trial, identity_dump
-from scalinglab.errors import RunDirError, TrialError
+from scalinglab.errors import DiskFullError, RunDirError, TrialError
 
 FINISHED = ("done", "diverged", "stopped_early")
 STATUSES = ("pending", "running", "failed", "interrupted", *FINISHED)
@@ -139,7 +139,15 @@ class RunDir:
             pass
 
     def _write(self, record: dict[str, Any]) -> None:
-        rf.write_json(self.path / rf.STATUS, {**record, "updated": time.time()})
+        record = {**record, "updated": time.time()}
+        try:
+            rf.write_json(self.path / rf.STATUS, record)
+        except DiskFullError:
+            # No room for a temp file: reuse status.json's own block, so the status still
+            # says what happened (e.g. "failed: ... no space left on device").
+            if not (self.path / rf.STATUS).exists():
+                raise
+            rf.overwrite_in_place(self.path / rf.STATUS, rf.dumps(record) + "\n")
 
 
 def shown_status(status: str, error: str | None, holder: dict[str, Any] | None) -> tuple[str, str]:

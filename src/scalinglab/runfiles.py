@@ -6,6 +6,7 @@ file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -13,13 +14,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scalinglab.errors import RunDirError  # noqa: F401  (re-exported)
+from scalinglab.errors import DiskFullError, RunDirError  # noqa: F401  (re-exported)
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path: str | Path, e: OSError, what: str = "cannot write") -> RunDirError:
+    """The one-line error for a failed write: DiskFullError when the device is full."""
+    if e.errno in NO_SPACE:
+        return DiskFullError(f"{path}: {what}: no space left on device (disk full or quota)")
+    return RunDirError(f"{path}: {what} ({e.strerror or e})")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,8 +59,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as e:
-        raise RunDirError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise write_error(path, e) from None
     _fsync_dir(path.parent)
+
+
+def overwrite_in_place(path: str | Path, text: str) -> None:
+    """Rewrite an existing file's bytes without a temp file. Not atomic: only for recording a
+    failure when the disk is full, where a small file's allocated block can still be reused."""
+    try:
+        with open(path, "r+") as f:
+            f.write(text)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def _clean(obj: Any) -> Any:
@@ -114,4 +138,4 @@ def append_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunDirError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise write_error(path, e) from None

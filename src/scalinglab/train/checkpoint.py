@@ -4,13 +4,15 @@ early-stopping and divergence bookkeeping), restored from the latest complete st
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
-from scalinglab.errors import RunDirError
+from scalinglab.errors import DiskFullError, RunDirError
 from scalinglab.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,41 @@ def save(
     step = int(state.step)
     if step in manager.all_steps():
         return
+    directory = Path(manager.directory)
+    need = sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) * 1.02 + SAVE_MARGIN_BYTES
+    free = shutil.disk_usage(directory).free
+    if free < need:  # refuse before orbax starts: a failed write floods the log with its threads
+        raise _disk_full(
+            directory, step, f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free"
+        )
     host = {**host, "format": CHECKPOINT_FORMAT}
-    manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
-        force=force,
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)
+            ),
+            force=force,
+        )
+        manager.wait_until_finished()
+    except Exception as e:
+        if not any(sign in str(e) for sign in _NO_SPACE_SIGNS):
+            raise
+        for tmp in directory.glob("*.orbax-checkpoint-tmp*"):  # the half-written step
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_full(directory, step, "the write failed") from None
+
+
+SAVE_MARGIN_BYTES = 1 << 20  # metadata, the host JSON and the directory entries of a save
+# How orbax/tensorstore report ENOSPC: a ValueError whose text carries the OS message.
+_NO_SPACE_SIGNS = ("No space left on device", "os_error_code='28'", "Disk quota exceeded")
+
+
+def _disk_full(directory: Path, step: int, detail: str) -> DiskFullError:
+    return DiskFullError(
+        f"{directory}: cannot save the checkpoint of step {step}: no space left on device "
+        f"({detail}); free space and re-run with --retry-failed to resume from the last one"
     )
-    manager.wait_until_finished()
 
 
 def restore_latest(
