@@ -90,7 +90,7 @@ def test_bad_override_syntax() -> None:
             ["model.width", "not a field of model.family 'gpt'", "d_model"],
         ),
         ({"family": "rnn"}, {}, ["model.family", "unknown family 'rnn'", "resnet"]),
-        ({"family": "resnet", "width": 8}, {}, ["model.image_size", "required by", "resnet"]),
+        ({"family": "resnet", "width": 8}, {}, ["cannot train on data.source 'stdlib'"]),
         (
             {"family": "mlp", "image_size": 8, "in_channels": 1, "n_classes": 10},
             {},

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from scalinglab import runfiles as rf
 from scalinglab.config import TrialConfig, trial_from_dict
+from scalinglab.data import build_dataset
 from scalinglab.flops import flops_per_token
 from scalinglab.sweep.store import load_runs
 from scalinglab.train import plan_steps, run_trial
-from scalinglab.train.loop import WALL_CLOCK_FIELDS
+from scalinglab.train.loop import WALL_CLOCK_FIELDS, build_trainer
+from scalinglab.train.trainer import load_state
 
 SHAPE = {"image_size": 8, "in_channels": 1, "n_classes": 10}
 
@@ -52,7 +55,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     ids=["mlp", "resnet"],
 )
 def test_image_families_train_on_digits(tmp_path: Path, model: dict) -> None:
-    cfg = image_trial(model)
+    cfg = image_trial(model, **{"train.eval_tokens": 10**6})  # the whole validation split
     run_dir = tmp_path / "trial"
     summary = run_trial(cfg, run_dir)
     for name in (rf.CONFIG, rf.STATUS, rf.METRICS, rf.SUMMARY, rf.CHECKPOINTS):
@@ -71,6 +74,17 @@ def test_image_families_train_on_digits(tmp_path: Path, model: dict) -> None:
     assert trains[-1] < trains[0] < 2.4  # starts near log(10) = 2.30
     assert evals[-1]["eval_loss"] < 2.0 and summary["final_eval_accuracy"] > 0.4
     assert summary["final_eval_accuracy"] == evals[-1]["eval_accuracy"]
+    # Evaluation scores each of the 297 validation images once (10 batches of 32, the last
+    # padded): the accuracy equals the model's own over the whole split, computed directly.
+    assert evals[-1]["eval_examples"] == 297
+    ds = build_dataset(cfg.data)
+    state = load_state(cfg, run_dir)
+    logits = build_trainer(cfg, 30).task.model.apply(
+        {"params": state.params, **state.model_state}, ds.val_images, train=False
+    )
+    direct = float(np.mean(np.argmax(np.asarray(logits), -1) == ds.val_labels))
+    assert summary["final_eval_accuracy"] == pytest.approx(direct, abs=1e-6)
+    assert len(ds.val_labels) == 297 and direct * 297 == pytest.approx(round(direct * 297))
     # The results table carries the classifier's accuracy too.
     runs = load_runs(tmp_path)
     assert runs["final_eval_accuracy"].tolist() == [summary["final_eval_accuracy"]]

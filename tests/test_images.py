@@ -53,9 +53,15 @@ def test_train_batches_are_pure_and_epoch_shuffled(digits: ImageDataset) -> None
 def test_val_batches_fixed_full_and_capped(digits: ImageDataset) -> None:
     v = digits.val_batches(32, 100)
     assert len(v) == 4 and all(b["image"].shape == (32, 8, 8, 1) for b in v)
-    assert len(digits.val_batches(32, 10**9)) == 297 // 32
+    assert [b["weight"].sum() for b in v] == [32, 32, 32, 4]  # 100 examples scored
+    # The whole split: every one of the 297 examples exactly once, in order, padding at 0.
+    whole = digits.val_batches(32, 10**9)
+    assert len(whole) == 10 and all(b["label"].shape == (32,) for b in whole)
+    real = np.concatenate([b["label"][b["weight"] == 1] for b in whole])
+    np.testing.assert_array_equal(real, digits.val_labels)
     np.testing.assert_array_equal(v[0]["label"], digits.val_labels[:32])
-    assert len(digits.val_batches(512, 10)) == 1  # a batch larger than the split: all of it
+    small = digits.val_batches(512, 10)
+    assert len(small) == 1 and small[0]["weight"].sum() == 10
 
 
 def test_shapes_deterministic_and_controllable() -> None:
@@ -141,11 +147,6 @@ def test_flip_brightness_contrast_each_do_what_they_say() -> None:
             {"source": "digits"},
             ["model.stages", "not a field of model.family 'mlp'", "residual"],
         ),
-        (  # a field it needs is missing
-            {"family": "resnet", "in_channels": 1, "n_classes": 10},
-            {"source": "digits"},
-            ["model.image_size", "required by model.family 'resnet'"],
-        ),
         (  # an image family on text
             {"family": "resnet", **DIGITS_MODEL},
             {"source": "stdlib"},
@@ -222,3 +223,19 @@ def test_contrast_scales_each_images_deviation_from_its_mean() -> None:
     np.testing.assert_allclose(dev_y, f[:, None] * dev_x, atol=1e-5)
     assert np.all((f >= 1 - c - 1e-6) & (f <= 1 + c + 1e-6))
     assert np.ptp(f) > 0.05 and np.max(np.abs(f - 1)) > 0.05
+
+
+@pytest.mark.parametrize("family", ["mlp", "resnet"])
+def test_image_shapes_left_out_come_from_the_data(family: str) -> None:
+    """scikit-learn's digits are 8x8 grey images of 10 classes; a shapes source has the
+    size, channels and classes its config says."""
+    cfg = trial_from_dict({"model": {"family": family}, "data": {"source": "digits"}})
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.n_classes) == (8, 1, 10)
+    shapes = {"image_size": 12, "channels": 3, "n_classes": 5}
+    cfg = trial_from_dict(
+        {
+            "model": {"family": family, "in_channels": 3},
+            "data": {"source": "shapes", "shapes": shapes},
+        }
+    )
+    assert (cfg.model.image_size, cfg.model.in_channels, cfg.model.n_classes) == (12, 3, 5)

@@ -248,3 +248,16 @@ def test_coupled_l2_is_added_to_the_gradient(name: str) -> None:
     g = wd * np.asarray(p["w"])
     want = g / (np.abs(g) + eps) if name == "adam" else g
     np.testing.assert_allclose(np.asarray(updates["w"]), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adafactor", "adamw"])
+def test_default_weight_decay_is_what_each_optimiser_expects(name: str) -> None:
+    """Left out, weight decay is off except for AdamW's decoupled 0.1: with a zero gradient
+    and no decay the first update is exactly zero; AdamW's is -0.1 p (before the lr)."""
+    p = {"w": jnp.array([[0.5, -2.0], [3.0, -0.25]])}
+    cfg = OptimizerConfig(name=name)
+    rule = build_update_rule(cfg)
+    updates, _ = rule.update(jax.tree.map(jnp.zeros_like, p), rule.init(p), p)
+    want = 0.1 * np.asarray(p["w"]) if name == "adamw" else np.zeros((2, 2))
+    np.testing.assert_allclose(np.abs(np.asarray(updates["w"])), np.abs(want), atol=1e-7)
+    assert cfg.weight_decay == (0.1 if name == "adamw" else 0.0)  # shown in config.yaml

@@ -160,7 +160,9 @@ class OptimizerConfig(Strict):
 
     name: Literal["sgd", "momentum", "adam", "adamw", "adafactor"] = "adamw"
     lr: float = Field(3.0e-3, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
+    # Left out: what users of each optimiser expect (DEFAULT_WEIGHT_DECAY), written into the
+    # resolved config so a decay that is on shows in config.yaml and `sweep plan`.
+    weight_decay: float = Field(None, ge=0.0)  # type: ignore[assignment]
     clip_norm: float | None = Field(1.0, gt=0.0)
     b1: float = Field(0.9, ge=0.0, lt=1.0)
     b2: float = Field(0.95, ge=0.0, lt=1.0)
@@ -170,6 +172,20 @@ class OptimizerConfig(Strict):
     # Parameter kinds that weight decay skips unless removed from this list.
     decay_exclude: list[Literal["norm", "bias", "embedding"]] = ["norm", "bias", "embedding"]
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_decay(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("weight_decay") is None:
+            name = data.get("name", "adamw")
+            data = {**data, "weight_decay": DEFAULT_WEIGHT_DECAY.get(name, 0.0)}
+        return data
+
+
+# Weight decay when `optimizer.weight_decay` is not given: decoupled 0.1 for AdamW (the
+# GPT-3/Chinchilla recipe); none for the others, as torch and optax default (for sgd, momentum
+# and adam a decay would be coupled L2, which stalls adaptive optimisers at this size).
+DEFAULT_WEIGHT_DECAY: dict[str, float] = {"adamw": 0.1}
 
 
 class BudgetConfig(Strict):

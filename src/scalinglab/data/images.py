@@ -103,24 +103,29 @@ class ImageDataset:
     def val_batches(self, batch_size: int, n_examples: int) -> list[dict[str, np.ndarray]]:
         """The same validation batches every call, from the start of the validation split.
 
-        As many full batches as cover `n_examples` (rounded up), fewer if the split runs out,
-        so evaluation compiles one shape; a split smaller than one batch gives one smaller
-        batch of all of it. Arrays are read-only and shared between calls.
+        As many batches as cover `n_examples` (rounded up), at most as many as cover the whole
+        split; each holds `weight` (1 for an example, 0 for padding), and a short last batch is
+        padded with the split's first examples at weight 0, so every example is scored once
+        and evaluation compiles one shape. Arrays are read-only and shared between calls.
         """
         key = (batch_size, n_examples)
         if key not in self._val_cache:
             n_val = len(self.val_labels)
-            if n_val < batch_size:
-                k, size = 1, n_val
-            else:
-                k, size = min(math.ceil(n_examples / batch_size), n_val // batch_size), batch_size
+            size = min(batch_size, n_val)
+            n = min(n_examples, n_val)
             batches = []
-            for i in range(k):
-                img = self.val_images[i * size : (i + 1) * size]
-                lab = self.val_labels[i * size : (i + 1) * size]
-                img.setflags(write=False)
-                lab.setflags(write=False)
-                batches.append({"image": img, "label": lab})
+            for i in range(math.ceil(n / size)):
+                idx = np.arange(i * size, (i + 1) * size)
+                real = idx < n
+                idx = np.where(real, idx, idx % size)  # padding: copies at weight 0
+                batch = {
+                    "image": self.val_images[idx],
+                    "label": self.val_labels[idx],
+                    "weight": real.astype(np.float32),
+                }
+                for arr in batch.values():
+                    arr.setflags(write=False)
+                batches.append(batch)
             self._val_cache[key] = batches
         return list(self._val_cache[key])
 

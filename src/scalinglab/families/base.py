@@ -173,21 +173,26 @@ class TransformerConfig(FamilyConfig):
 
 
 class ImageConfig(FamilyConfig):
-    """Image classifiers: the input and output shapes are required and must match the data."""
+    """Image classifiers: the input and output shapes come from the data when left out, and
+    must match it when given."""
 
-    image_size: int = Field(ge=1)  # height = width
-    in_channels: int = Field(ge=1)
-    n_classes: int = Field(ge=2)
+    # None: taken from the data source by `resolve` (the resolved config always holds them).
+    image_size: int = Field(None, ge=1)  # type: ignore[assignment]  # height = width
+    in_channels: int = Field(None, ge=1)  # type: ignore[assignment]
+    n_classes: int = Field(None, ge=2)  # type: ignore[assignment]
 
     def resolve(self, data: DataConfig) -> None:
-        """The model's input and output shapes must be the data's (checked before any compile)."""
+        """Fill the shapes the config left out from the data; a given one must equal the
+        data's (checked before any compile)."""
         spec = data.image_spec()
         assert spec is not None  # family/source compatibility is checked first
         fields = ("image_size", "in_channels", "n_classes")
         data_fields = ("image_size", "channels", "n_classes")
         for field, data_field, want in zip(fields, data_fields, spec, strict=True):
             got = getattr(self, field)
-            if got != want:
+            if got is None:
+                object.__setattr__(self, field, want)
+            elif got != want:
                 where = (
                     f"data.shapes.{data_field}"
                     if data.source == "shapes"

@@ -84,10 +84,21 @@ class Classification:
         logits_BxK = logits_BxK.astype(jnp.float32)
         if logits_BxK.shape[-1] == 1:
             z_B = logits_BxK[:, 0]
-            loss = optax.sigmoid_binary_cross_entropy(z_B, labels_B.astype(jnp.float32)).mean()
+            loss_B = optax.sigmoid_binary_cross_entropy(z_B, labels_B.astype(jnp.float32))
             pred_B = (z_B > 0).astype(labels_B.dtype)
         else:
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B).mean()
+            loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B)
             pred_B = jnp.argmax(logits_BxK, axis=-1).astype(labels_B.dtype)
-        accuracy = jnp.mean((pred_B == labels_B).astype(jnp.float32))
-        return loss, ({"loss": loss, "accuracy": accuracy}, model_state)
+        correct_B = (pred_B == labels_B).astype(jnp.float32)
+        if "weight" not in batch:  # training batches hold only real examples
+            metrics = {"loss": loss_B.mean(), "accuracy": correct_B.mean()}
+            return metrics["loss"], (metrics, model_state)
+        # Validation: padding has weight 0; `examples` lets the evaluation weight each batch.
+        w_B = batch["weight"]
+        n = jnp.maximum(w_B.sum(), 1.0)
+        metrics = {
+            "loss": (w_B * loss_B).sum() / n,
+            "accuracy": (w_B * correct_B).sum() / n,
+            "examples": w_B.sum(),
+        }
+        return metrics["loss"], (metrics, model_state)

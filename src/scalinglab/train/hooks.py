@@ -171,11 +171,12 @@ class Log(Hook):
 
 class Evaluate(Hook):
     """Every `every` steps and at the end: the mean of each eval metric over the validation
-    batches, and `eval_loss_se`, the standard error of that mean loss (sample standard
-    deviation over the batches / sqrt(batches); null with one batch or a non-finite loss).
-    The last evaluation's per-batch losses are kept for the summary (``eval_loss_batches``):
-    runs scored on the same batches are compared through them (``sweep.store``).
-    A non-finite eval loss ends the trial as diverged (after its record is written)."""
+    batches (over examples, with `eval_examples`, when the task reports each batch's count),
+    and `eval_loss_se`, the standard error of that mean loss (sample standard deviation over
+    the batches / sqrt(batches); null with one batch or a non-finite loss). The last
+    evaluation's per-batch losses are kept for the summary (``eval_loss_batches``): runs
+    scored on the same batches are compared through them (``sweep.store``). A non-finite
+    eval loss ends the trial as diverged (after its record is written)."""
 
     at_end = True
 
@@ -185,8 +186,14 @@ class Evaluate(Hook):
     def __call__(self, loop: Loop) -> None:
         evals = jax.device_get(self.eval_fn(loop.state, self.val))  # {name: (n_batches,)}
         rec = loop.record
+        # A task whose batches carry padding reports each batch's `examples`: its metrics are
+        # then means over examples, and the record says how many were scored.
+        weights = evals.pop("examples", None)
+        if weights is not None:
+            rec["eval_examples"] = int(round(float(np.sum(weights))))
         for name, per_batch in evals.items():
-            rec[f"eval_{name}"] = float(np.mean([float(x) for x in per_batch]))
+            values = np.asarray(per_batch, dtype=np.float64)
+            rec[f"eval_{name}"] = float(np.average(values, weights=weights))
         batches = [float(x) for x in evals["loss"]]
         rec["eval_loss_se"] = standard_error(batches)
         ev = rec["eval_loss"]
