@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from scalinglab.analysis.cli import fit_cmd, plot_cmd
 from scalinglab.errors import ScalinglabError
+from scalinglab.report.cli import report_cmd
 
 err = Console(stderr=True)
 
@@ -130,11 +131,11 @@ def train(
     )
 
 
-ANALYSIS_COMMANDS = ("fit", "plot")
+ANALYSIS_COMMANDS = ("fit", "plot", "report")
 
 
 def build_app(full: bool = True) -> typer.Typer:
-    """The command group; ``full=False`` holds only the analysis commands (fit, plot), so
+    """The command group; ``full=False`` holds only the analysis commands (fit, plot, report), so
     they start without importing the training stack (Flax, optax, the sweep runner)."""
     app = typer.Typer(
         cls=_Commands,
@@ -151,6 +152,7 @@ def build_app(full: bool = True) -> typer.Typer:
         app.command()(train)
     app.command("fit")(fit_cmd)
     app.command("plot")(plot_cmd)
+    app.command("report")(report_cmd)
     if full:
         app.command("generate")(generate_cmd)
     return app

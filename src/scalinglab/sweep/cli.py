@@ -220,6 +220,9 @@ def run_cmd(
         Path | None,
         typer.Option("--cache-dir", help="JAX compilation cache (default DIR/.jax_cache)."),
     ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write DIR/report.html at the end (scalinglab report).")
+    ] = False,
 ) -> None:
     """Train every trial of the sweep; re-running skips done trials and resumes the rest."""
     from scalinglab.sweep import SweepInterrupted, run_sweep
@@ -259,6 +262,10 @@ def run_cmd(
         f"{result.cache_misses} new entries\nresults: {sweep_dir / 'results.parquet'}",
         highlight=False,
     )
+    if report:  # also after failures: the report shows what finished (one line, no traceback)
+        from scalinglab.report.page import sweep_report_line
+
+        err.print(sweep_report_line(sweep_dir), markup=False, highlight=False, soft_wrap=True)
     if counts["failed"]:
         err.print(
             "some trials failed; see `scalinglab sweep status` and re-run with "
