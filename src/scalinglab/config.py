@@ -318,8 +318,39 @@ class TrialConfig(Strict):
                 f"model.family {fam!r} cannot train on data.source {self.data.source!r}; "
                 f"allowed sources: {', '.join(allowed)}"
             )
+        if self.data.source == "tokens" and "vocab_size" in type(self.model).model_fields:
+            _vocab_from_tokens(self)
         self.model.resolve(self.data)
         return self
+
+
+def _vocab_from_tokens(cfg: TrialConfig) -> None:
+    """`model.vocab_size` from a tokens folder's metadata (`scalinglab data tokenize`) when the
+    config leaves it out; a smaller one is an error. Plain .bin/.npy files change nothing."""
+    from scalinglab.data.text import TOKENS_META, token_meta  # scalinglab.data imports us
+
+    meta = token_meta(cfg.data.path)
+    model: Any = cfg.model
+    given = "vocab_size" in model.model_fields_set
+    path = Path(cfg.data.path or "").expanduser()
+    folder = path.suffix.lower() not in (".bin", ".npy")
+    if meta is None and not given and folder and not path.exists():
+        # Else the id and counts would use the default 256 until the folder is written.
+        raise ValueError(
+            f"data.path: {cfg.data.path} does not exist, and model.vocab_size comes from its "
+            f"{TOKENS_META}; write it first (scalinglab data tokenize INPUT... --out "
+            f"{cfg.data.path} --train-bpe VOCAB_SIZE) or set model.vocab_size"
+        )
+    if meta is None:
+        return
+    if not given:
+        model.vocab_size = meta.vocab_size
+    elif model.vocab_size < meta.vocab_size:
+        raise ValueError(
+            f"model.vocab_size ({model.vocab_size}) is smaller than the vocabulary of data.path "
+            f"{cfg.data.path} ({meta.vocab_size}, from its {TOKENS_META}); leave "
+            "model.vocab_size out to take it from the data"
+        )
 
 
 def format_validation_error(

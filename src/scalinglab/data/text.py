@@ -1,15 +1,21 @@
 """Byte-level corpora: the Python standard library's own sources, local text, token memmaps.
 
 Text is tokenised as raw bytes (vocab 256, one uint8 token per byte), so no tokenizer needs
-training or downloading and every machine with Python has the default corpus.
+training or downloading and every machine with Python has the default corpus. Subword tokens
+come from `scalinglab data tokenize` (`scalinglab.data.tokenize`): a folder holding the token
+memmap and `tokens.json`, its metadata, which `data.source: tokens` reads (docs/data.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sysconfig
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +26,12 @@ BYTE_VOCAB = 256
 FILE_SEPARATOR = b"\n"  # between concatenated files, so one file's last line ends
 _INSTALLED = frozenset({"site-packages", "dist-packages"})  # stdlib: keep installs out
 _BINARY_PROBE = 8192  # a NUL byte in this many leading bytes marks a file as binary (as git does)
+
+# A tokens folder (`scalinglab data tokenize`): the memmap and its metadata.
+TOKENS_FILE = "tokens.bin"
+TOKENS_META = "tokens.json"
+TOKENS_FORMAT = "scalinglab-tokens/1"
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
 def encode(text: str | bytes) -> np.ndarray:
@@ -91,15 +103,40 @@ def _concat(
     return corpus, used, skipped
 
 
-def stdlib_corpus(cfg: DataConfig) -> Corpus:
-    """Every `*.py` under the standard library (not site-packages), sorted, as bytes."""
+def stdlib_files(field: str = "data.source") -> list[Path]:
+    """The default corpus's files: every `*.py` under the standard library (not
+    site-packages), sorted by relative path; none is an error naming `field`."""
     root = stdlib_dir()
     paths = _walk(root, ".py", _INSTALLED) if root.is_dir() else []
     if not paths:
         raise DataError(
-            f"data.source: stdlib found no Python source files under {root} (this Python "
+            f"{field}: stdlib found no Python source files under {root} (this Python "
             "ships none); use data.source: synthetic"
         )
+    return paths
+
+
+def looks_binary(path: Path, field: str = "data.path") -> bool:
+    """Whether a file holds a NUL byte in its first `_BINARY_PROBE` bytes (as git decides)."""
+    try:
+        with path.open("rb") as f:
+            return b"\0" in f.read(_BINARY_PROBE)
+    except OSError as e:
+        raise DataError(f"{field}: cannot read {path} ({e.strerror})") from None
+
+
+def text_files(path: Path, field: str = "data.path") -> tuple[list[Path], int]:
+    """The text files under a folder (sorted, hidden and binary ones skipped) and the number
+    of binary files skipped; what `data.source: text` reads from a folder."""
+    paths = _walk(path)
+    kept = [p for p in paths if not looks_binary(p, field)]
+    return kept, len(paths) - len(kept)
+
+
+def stdlib_corpus(cfg: DataConfig) -> Corpus:
+    """Every `*.py` under the standard library (not site-packages), sorted, as bytes."""
+    root = stdlib_dir()
+    paths = stdlib_files()
     data, used, _ = _concat(paths, cfg.max_tokens, skip_binary=False, field="data.source")
     info = {
         "source": "stdlib",
@@ -140,11 +177,105 @@ def text_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(np.frombuffer(data, dtype=np.uint8), BYTE_VOCAB, info)
 
 
+@dataclass(frozen=True)
+class TokenMeta:
+    """What `tokens.json` says about a tokens folder: where the memmap is and how to read it."""
+
+    folder: Path
+    tokens_file: Path
+    dtype: np.dtype
+    vocab_size: int
+    n_tokens: int
+    raw: dict[str, Any]
+
+
+def _meta_file(path: Path) -> Path | None:
+    """The `tokens.json` that describes `path` (a tokens folder, or the memmap inside one)."""
+    if path.is_dir():
+        return path / TOKENS_META
+    if path.suffix.lower() == ".bin" and (path.parent / TOKENS_META).is_file():
+        return path.parent / TOKENS_META
+    return None
+
+
+@lru_cache(maxsize=64)
+def _parse_meta(meta_path: Path, _stamp: tuple[int, ...]) -> TokenMeta:
+    """Read and check a `tokens.json` (cached per file version: sweeps validate many configs)."""
+    where = f"data.path: {meta_path}"
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{where}: cannot read ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or raw.get("format") != TOKENS_FORMAT:
+        raise DataError(f"{where}: not a tokens metadata file (format {TOKENS_FORMAT!r})")
+    name, dtype, vocab, n = (raw.get(k) for k in ("tokens_file", "dtype", "vocab_size", "n_tokens"))
+    if not isinstance(name, str) or Path(name).name != name or dtype not in TOKEN_DTYPES:
+        raise DataError(f"{where}: bad tokens_file or dtype (allowed: {', '.join(TOKEN_DTYPES)})")
+    if not (isinstance(vocab, int) and vocab >= 2 and isinstance(n, int) and n >= 0):
+        raise DataError(f"{where}: vocab_size and n_tokens must be integers (got {vocab}, {n})")
+    if vocab > np.iinfo(dtype).max + 1:
+        raise DataError(f"{where}: vocab_size {vocab} does not fit {dtype} tokens")
+    folder = meta_path.parent
+    little = np.dtype(dtype).newbyteorder("<")  # the writer's byte order on every machine
+    return TokenMeta(folder, folder / name, little, vocab, n, raw)
+
+
+def token_meta(path_str: str | Path | None) -> TokenMeta | None:
+    """The metadata of a tokens folder written by `scalinglab data tokenize` (`path_str`: the
+    folder or its memmap); None for a plain `.bin`/`.npy`, or a path that does not exist yet
+    (the data source reports that when it loads)."""
+    if not path_str:
+        return None
+    path = Path(path_str).expanduser()
+    meta_path = _meta_file(path) if path.exists() else None
+    if meta_path is None:
+        return None
+    try:
+        st = meta_path.stat()
+    except OSError:
+        if path.is_dir():
+            raise DataError(
+                f"data.path: {path} is a folder without {TOKENS_META}; data.source tokens needs "
+                "a .bin, a .npy or a folder written by `scalinglab data tokenize`"
+            ) from None
+        return None
+    meta = _parse_meta(meta_path, (st.st_ino, st.st_mtime_ns, st.st_size))  # a rewrite: a miss
+    if path.is_file() and path.resolve() != meta.tokens_file.resolve():
+        return None  # a .bin beside some other tokens folder's metadata: read as plain uint16
+    return meta
+
+
+def _open_meta_tokens(meta: TokenMeta) -> np.ndarray:
+    """The memmap a `tokens.json` describes, checked against its dtype and token count."""
+    path = meta.tokens_file
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(f"data.path: cannot read {path} ({e.strerror})") from None
+    want = meta.n_tokens * meta.dtype.itemsize
+    if size != want:
+        raise DataError(
+            f"data.path: {path} holds {size} bytes but {TOKENS_META} says {meta.n_tokens} "
+            f"{meta.dtype} tokens ({want} bytes); re-run `scalinglab data tokenize`"
+        )
+    if size == 0:
+        return np.zeros(0, dtype=meta.dtype)
+    try:
+        return np.memmap(path, dtype=meta.dtype, mode="r")
+    except OSError as e:
+        raise DataError(f"data.path: cannot read {path} ({e.strerror})") from None
+
+
 def _load_tokens(path: Path) -> np.ndarray:
     """Open a `.bin` (raw uint16) or `.npy` token file as a read-only memmap."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        raise DataError(f"data.path: {path} is a folder; data.source tokens needs a .bin or .npy")
+        raise DataError(
+            f"data.path: {path} is a folder without {TOKENS_META}; data.source tokens needs a "
+            ".bin, a .npy or a folder written by `scalinglab data tokenize`"
+        )
     if suffix == ".bin":
         size = path.stat().st_size
         if size % 2:
@@ -169,15 +300,23 @@ def _load_tokens(path: Path) -> np.ndarray:
 
 
 def token_corpus(cfg: DataConfig) -> Corpus:
-    """A pre-tokenised stream, memory-mapped; vocab_size is the largest token id + 1."""
+    """A pre-tokenised stream, memory-mapped. A tokens folder's vocab_size is its metadata's
+    (the tokenizer's); a plain `.bin`/`.npy` has the largest token id + 1."""
     path = _existing(cfg.path)
-    tokens = _load_tokens(path)
+    meta = token_meta(path)
+    tokens = _open_meta_tokens(meta) if meta is not None else _load_tokens(path)
     if cfg.max_tokens is not None:
         tokens = tokens[: cfg.max_tokens]
     lo, hi = (int(tokens.min()), int(tokens.max())) if tokens.size else (0, 0)
-    if lo < 0 or hi > 65535:
+    limit = meta.vocab_size - 1 if meta is not None else 65535
+    if lo < 0 or hi > limit:
         raise DataError(
-            f"data.path: {path} holds token ids in [{lo}, {hi}]; allowed range is [0, 65535]"
+            f"data.path: {path} holds token ids in [{lo}, {hi}]; allowed range is [0, {limit}]"
         )
-    info = {"source": "tokens", "path": str(path), "files": 1, "max_token": hi}
-    return Corpus(tokens, hi + 1, info)
+    info: dict[str, Any] = {"source": "tokens", "path": str(path), "files": 1, "max_token": hi}
+    if meta is None:
+        return Corpus(tokens, hi + 1, info)
+    tokenizer = meta.raw.get("tokenizer")
+    info["tokenizer"] = tokenizer.get("kind") if isinstance(tokenizer, dict) else None
+    info["files"] = meta.raw.get("n_files", 1)
+    return Corpus(tokens, meta.vocab_size, info)
