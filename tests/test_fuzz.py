@@ -128,3 +128,42 @@ def test_any_results_table_fits_or_refuses_in_one_line(rows: list[tuple]) -> Non
     if res.exit_code == 2:
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+
+
+SWEEP_VALUES = st.one_of(
+    st.integers(-2, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.lists(st.one_of(st.integers(-2, 100), st.floats(-1, 1e12), st.text(max_size=4)), max_size=3),
+    st.dictionaries(st.sampled_from(KEYS[:-1] + ["flops", "name", "workers"]), VALUES, max_size=3),
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "base", "grid", "zip", "isoflop", "executor", "bogus"]),
+        SWEEP_VALUES,
+        max_size=5,
+    )
+)
+@example({"name": "s", "grid": {"seed": [0, 1], "model.d_model": [16, "x"]}})
+@example({"name": "s", "isoflop": {"flops": [1e308]}, "grid": {"model.d_model": [8]}})
+@example({"name": "s", "zip": [{"seed": [0, 1], "optimizer.lr": [0.1]}]})
+def test_any_sweep_yaml_expands_or_fails_located(doc: dict) -> None:
+    import tempfile
+
+    import yaml
+
+    from scalinglab.sweep import load_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        try:
+            load_sweep(path)
+        except ScalinglabError as e:
+            _one_line(e)
+            assert str(path) in str(e)
