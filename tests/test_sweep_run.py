@@ -194,6 +194,8 @@ def test_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(SweepError, match="not writable"):
         run_sweep(sweep, trials, blocker / "out")
+    with pytest.raises(SweepError, match="--cache-dir .*file: exists and is not a directory"):
+        run_sweep(sweep, trials, tmp_path / "out", cache_dir=blocker)  # not a JAX warning flood
     if os.geteuid() != 0:  # root ignores permissions
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)

@@ -24,7 +24,7 @@ from scalinglab import runfiles as rf
 from scalinglab.budget import Budget
 from scalinglab.errors import (
     RunDirError,
-    SweepError,  # noqa: F401  (re-exported)
+    SweepError,
 )
 from scalinglab.rundir import FINISHED, RunDir
 from scalinglab.sweep import store
@@ -141,6 +141,8 @@ def run_sweep(
         except OSError as e:
             raise SweepError(f"{sweep_dir}: cannot copy the sweep file ({e.strerror})") from None
     cache = str(cache_dir) if cache_dir is not None else str(sweep_dir / ".jax_cache")
+    if Path(cache).exists() and not Path(cache).is_dir():
+        raise SweepError(f"--cache-dir {cache}: exists and is not a directory")
 
     ex_cfg = sweep.executor
     if isinstance(ex_cfg, LocalExecutorConfig) and workers is not None:
