@@ -55,7 +55,7 @@ class SlurmExecutorConfig(_Strict):
     array_parallelism: int = Field(16, ge=1)
     folder: str | None = None  # submitit logs; default DIR/.submitit
     cluster: Literal["slurm", "local", "debug"] | None = None  # None: SLURM when available
-    max_requeues: int = Field(3, ge=0)  # on timeout/preemption the trial resumes in a new job
+    max_requeues: int = Field(3, ge=0)  # time limits the trial resumes after (preemptions: any)
 
 
 ExecutorConfig = Annotated[
