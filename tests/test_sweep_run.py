@@ -320,6 +320,7 @@ def test_kill_9_worker_and_runner_then_rerun_equals_uninterrupted(
     assert sorted(runs["final_eval_loss"]) == sorted(load_runs(ref)["final_eval_loss"])
 
 
+@pytest.mark.slow  # tests/test_fault_load.py runs two runners on 20 trials, under kill -9 too
 def test_two_concurrent_runners_train_each_trial_once(tmp_path: Path, cache: Path) -> None:
     path = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1, 2]})
     _, trials = load_sweep(path)
