@@ -245,3 +245,15 @@ def test_runs_table_is_fitted_on_the_N_that_C_counts():
     fit = F.fit_chinchilla(df, starts=SMALL_GRID)
     for k, v in TRUE.items():
         assert fit.params[k] == pytest.approx(v, rel=1e-4), k
+
+
+def test_interval_tails_and_their_bounds() -> None:
+    """A central 95% interval leaves 2.5% in each tail; a confidence of 0 or 1 (or outside)
+    names no interval."""
+    from scalinglab.analysis.intervals import tails
+
+    assert tails(0.95) == pytest.approx((2.5, 97.5))
+    assert tails(0.5) == pytest.approx((25.0, 75.0))
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="confidence"):
+            tails(bad)

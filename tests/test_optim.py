@@ -71,6 +71,10 @@ def test_decay_mask_skips_norms_biases_embeddings() -> None:
     assert mask["block_0"]["mlp"]["kernel"] is True
     everything = decay_mask(_params(), [])
     assert all(jax.tree_util.tree_leaves(everything))
+    # A norm's bias is the norm's (a parent named norm), not a plain bias: only "norm" skips it.
+    norms_only = decay_mask(_params(), ["norm"])
+    assert norms_only["block_0"]["norm_1"]["bias"] is False
+    assert norms_only["block_0"]["mlp"]["bias"] is True
 
 
 def test_clipping_bounds_the_update() -> None:
@@ -261,3 +265,21 @@ def test_default_weight_decay_is_what_each_optimiser_expects(name: str) -> None:
     want = 0.1 * np.asarray(p["w"]) if name == "adamw" else np.zeros((2, 2))
     np.testing.assert_allclose(np.abs(np.asarray(updates["w"])), np.abs(want), atol=1e-7)
     assert cfg.weight_decay == (0.1 if name == "adamw" else 0.0)  # shown in config.yaml
+
+
+def test_adafactor_clips_its_update_to_block_rms_one() -> None:
+    """Adafactor's update clipping (d = 1, Shazeer and Stern 2018): on the first step the
+    factored second moment of a 128x128 matrix is r c^T / sum(r) (row and column means of g^2),
+    and the update g / sqrt(v) is scaled down to RMS 1 where its RMS exceeds 1."""
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(128, 128)) * np.exp(2 * rng.normal(size=(128, 1)))  # rows far apart
+    g = g * np.exp(rng.normal(size=(1, 128)))
+    g2 = g**2 + 1e-30
+    r, c = g2.mean(axis=1), g2.mean(axis=0)
+    raw = g / np.sqrt(np.outer(r, c) / r.mean())
+    rms = float(np.sqrt(np.mean(raw**2)))
+    assert rms > 1.2  # the clipping matters here
+    rule = build_update_rule(OptimizerConfig(name="adafactor", weight_decay=0.0, clip_norm=None))
+    p = {"w": jnp.zeros((128, 128))}
+    updates, _ = rule.update({"w": jnp.asarray(g, jnp.float32)}, rule.init(p), p)
+    np.testing.assert_allclose(np.asarray(updates["w"]), raw / rms, rtol=2e-3, atol=1e-6)
