@@ -275,6 +275,8 @@ def test_cli_pulse_and_bad_input(tmp_path: Path) -> None:
         env=env,
     )
     assert r.returncode == 0, r.stderr
+    # The default config's optimiser and its (decoupled) decay are printed, not hidden.
+    assert "optimizer: adamw, lr 0.003, weight decay 0.1 (decoupled)" in r.stderr
     summary = json.loads((out / rf.SUMMARY).read_text())
     assert summary["status"] == "done" and summary["data"]["source"] == "stdlib"
     assert len(summary["data"]["sha256"]) == 64

@@ -114,6 +114,7 @@ def train(
     entry = (ctx.obj or {}).get("process_entry")
     if entry and restart_with_choice(trial_temp_bytes(cfg)) == "retain":
         err.print("host memory: retained (one glibc heap; SCALINGLAB_HOST_MEMORY=system)")
+    err.print(optimizer_line(cfg.optimizer), highlight=False)
     bar = _TrainProgress()
     try:
         with bar.bar:
@@ -129,6 +130,17 @@ def train(
         + (f"  ({summary['diverged']})" if summary.get("diverged") else "")
         + f"\nrun directory: {out}"
     )
+
+
+def optimizer_line(o: Any) -> str:
+    """The optimiser in one line, weight decay included, so a decay that is on is seen."""
+    if o.weight_decay == 0:
+        decay = "no weight decay"
+    elif o.name in ("adamw", "adafactor"):
+        decay = f"weight decay {o.weight_decay:g} (decoupled)"
+    else:
+        decay = f"weight decay {o.weight_decay:g} (L2 added to the gradient)"
+    return f"optimizer: {o.name}, lr {o.lr:g}, {decay}"
 
 
 ANALYSIS_COMMANDS = ("fit", "plot", "report")
