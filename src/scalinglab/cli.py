@@ -158,11 +158,13 @@ def build_app(full: bool = True) -> typer.Typer:
     app.callback()(_root)
     if full:
         from scalinglab.data.tokenize import data_app
+        from scalinglab.experiments.cli import experiment_app
         from scalinglab.models.cli import generate_cmd
         from scalinglab.sweep.cli import sweep_app
 
         app.add_typer(sweep_app, name="sweep")
         app.add_typer(data_app, name="data")
+        app.add_typer(experiment_app, name="experiment")
         app.command()(train)
     app.command("fit")(fit_cmd)
     app.command("plot")(plot_cmd)
