@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from scalinglab.config import ModelConfig
 from scalinglab.flops import (
+    flops_for_tokens,
+    flops_per_token,
+    model_flops_per_step,
     param_counts,
+    tokens_for_flops,
 )
 
 CFG = ModelConfig(n_layer=2, d_model=64, n_head=2, vocab_size=256, max_seq_len=16)
@@ -21,3 +27,25 @@ def test_param_counts_by_hand() -> None:
         "embedding": embedding,
         "non_embedding": non_embedding,
     }
+
+
+def test_flops_per_token_by_hand() -> None:
+    """Kaplan et al. 2020, table 1: training is 3x the forward pass; the forward pass costs
+    2 N_nonembed + 2 n_layer n_ctx d_attn (causal scores and values) plus, counted in full,
+    2 V d for the unembedding. `kaplan` keeps only 6 N_nonembed."""
+    n_ne = 2 * 49_984 + 2 * 64
+    assert flops_per_token(CFG, 16, "kaplan") == 6 * n_ne
+    full = 3 * (2 * n_ne + 2 * 256 * 64 + 2 * 2 * 16 * 64)
+    assert full == 711_168
+    assert flops_per_token(CFG, 16, "full") == full
+    # Budgets: D = C / per-token FLOPs and back; MFU's numerator is the full count per step.
+    assert tokens_for_flops(6.0e9, CFG, 16) == pytest.approx(6.0e9 / (6 * n_ne))
+    assert flops_for_tokens(1.0e6, CFG, 16) == pytest.approx(1.0e6 * 6 * n_ne)
+    assert model_flops_per_step(CFG, 16, 4) == full * 16 * 4
+
+
+def test_rotary_needs_an_even_head_dimension() -> None:
+    ModelConfig(d_model=12, n_head=2, positions="rotary")  # head dimension 6
+    ModelConfig(d_model=6, n_head=2, positions="learned")  # 3 is fine without rotation
+    with pytest.raises(ValueError, match="even head dimension"):
+        ModelConfig(d_model=6, n_head=2, positions="rotary")
