@@ -49,3 +49,25 @@ def test_rotary_needs_an_even_head_dimension() -> None:
     ModelConfig(d_model=6, n_head=2, positions="learned")  # 3 is fine without rotation
     with pytest.raises(ValueError, match="even head dimension"):
         ModelConfig(d_model=6, n_head=2, positions="rotary")
+
+
+def test_param_counts_swiglu_rotary_untied_by_hand() -> None:
+    # swiglu: gate and up projections 64->100, down 100->64; rotary: no position table;
+    # untied: a separate 64x256 head without bias.
+    cfg = ModelConfig(
+        n_layer=2,
+        d_model=64,
+        n_head=2,
+        vocab_size=256,
+        d_ff=100,
+        activation="swiglu",
+        positions="rotary",
+        tie_embeddings=False,
+    )
+    layer = 4 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + 2 * (64 * 100 + 100) + (100 * 64 + 64)
+    embedding = 256 * 64 + 64 * 256
+    assert param_counts(cfg) == {
+        "total": embedding + 2 * layer + 2 * 64,
+        "embedding": embedding,
+        "non_embedding": 2 * layer + 2 * 64,
+    }
