@@ -283,3 +283,11 @@ def test_adafactor_clips_its_update_to_block_rms_one() -> None:
     p = {"w": jnp.zeros((128, 128))}
     updates, _ = rule.update({"w": jnp.asarray(g, jnp.float32)}, rule.init(p), p)
     np.testing.assert_allclose(np.asarray(updates["w"]), raw / rms, rtol=2e-3, atol=1e-6)
+
+
+def test_plain_sgd_without_clipping_or_decay_passes_the_gradient() -> None:
+    """No clipping, no decay (sgd's default): the rule is the identity, -lr x g per step."""
+    rule = build_update_rule(OptimizerConfig(name="sgd", clip_norm=None))
+    g = {"w": jnp.array([[0.5, -2.0], [3.0, -0.25]])}
+    updates, _ = rule.update(g, rule.init(g), g)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), np.asarray(g["w"]))

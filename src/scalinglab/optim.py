@@ -121,7 +121,8 @@ def build_update_rule(cfg: OptimizerConfig) -> optax.GradientTransformation:
         ]
     else:
         raise ValueError(f"optimizer.name: unknown {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return optax.chain(*parts)
+    # Plain SGD without clipping or decay: the update is the gradient itself.
+    return optax.chain(*parts) if parts else optax.identity()
 
 
 def build_optimizer(
