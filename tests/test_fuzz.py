@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -104,6 +105,7 @@ VALID = st.tuples(  # positive, finite, plausible: these reach the fit itself
 )
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # degenerate data: words, not numpy noise
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(

@@ -66,6 +66,7 @@ def profile_E(
     grid = np.unique(
         np.concatenate([[1e-9 * top], np.linspace(0.02, 0.995, N_GRID) * top, [min(E_hat, top)]])
     )
+    grid = grid[grid > 0]  # an E_hat that underflowed to 0 has no log
     k = len(starts)
     rows = np.repeat(starts, len(grid), axis=0).reshape(k, len(grid), -1).transpose(1, 0, 2)
     rows = rows.copy()

@@ -169,7 +169,8 @@ class Fit:
         if missing or len(inputs) > len(law.inputs):
             raise FitInputError(f"law {self.law} needs inputs {', '.join(law.inputs)}")
         arrs = np.broadcast_arrays(*[np.asarray(cols[n], dtype=np.float64) for n in law.inputs])
-        logX = np.stack([np.log(a).ravel() for a in arrs], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # N or D of 0: -inf, said below
+            logX = np.stack([np.log(a).ravel() for a in arrs], axis=1)
         out = np.exp(log_predict(law, self.raw, logX))
         return out.reshape(arrs[0].shape)
 
@@ -233,8 +234,11 @@ class Fit:
         C = np.asarray(compute, dtype=np.float64)
         p, k = self.params, self.k
         a, b, G = chinchilla_allocation(p["A"], p["B"], p["alpha"], p["beta"])
-        N = G * (C / k) ** a
-        D = (C / k) ** b / G
+        # A degenerate law (A or B of 0: G is 0 or inf) gives N or D of 0 or inf, which the
+        # report prints as such, without numpy's RuntimeWarnings.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            N = G * (C / k) ** a
+            D = (C / k) ** b / G
         out: dict[str, Any] = {"C": _num(C), "N_opt": _num(N), "D_opt": _num(D)}
         loss = self.predict(N, D)
         out["loss"] = _num(loss)
