@@ -100,6 +100,8 @@ def test_recovers_noise_free_law():
     assert fit.converged and fit.diagnostics.n_at_best > 1
     for k, v in TRUE.items():
         assert fit.params[k] == pytest.approx(v, rel=1e-4), k
+    # A sound fit well inside the bounds draws no "on a bound" warning.
+    assert not any("bound" in w for w in fit.diagnostics.warnings), fit.diagnostics.warnings
     assert fit.rmse < 1e-7
     assert fit.predict(1e9, 1e11) == pytest.approx(
         float(laws.chinchilla(1e9, 1e11, **TRUE)), rel=1e-7
@@ -188,6 +190,7 @@ def test_recovers_kaplan_law():
     )
     assert fit.converged
     assert fit.params == pytest.approx(true, rel=1e-6)
+    assert not any("bound" in w for w in fit.diagnostics.warnings), fit.diagnostics.warnings
 
 
 def test_chunked_multistart_matches_one_long_loop(monkeypatch):
