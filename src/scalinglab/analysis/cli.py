@@ -24,24 +24,29 @@ CACHE_HELP = (
     " ~/.cache/scalinglab/jax]"
 )
 CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP, show_default=False)]
+# The study options `fit` and `report` share (same names, help and defaults at each use).
+Source = Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)]
+Law = Annotated[str, typer.Option(help=LAW_HELP)]
+Approaches = Annotated[str, typer.Option(help="compute-optimal approaches, e.g. 1,2,3")]
+Bootstrap = Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")]
+Columns = Annotated[str | None, typer.Option(help=COLUMNS_HELP)]
+Compute = Annotated[str | None, typer.Option(help="budgets to predict at, FLOPs, e.g. 1e21,1e23")]
+Seed = Annotated[int, typer.Option(help="bootstrap seed")]
+Starts = Annotated[
+    int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
+]
 
 
 def fit_cmd(
-    source: Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)],
-    law: Annotated[str, typer.Option(help=LAW_HELP)] = ("chinchilla"),
-    approach: Annotated[str, typer.Option(help="compute-optimal approaches, e.g. 1,2,3")] = (
-        "1,2,3"
-    ),
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 200,
-    columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
+    source: Source,
+    law: Law = "chinchilla",
+    approach: Approaches = "1,2,3",
+    bootstrap: Bootstrap = 200,
+    columns: Columns = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
-    compute: Annotated[
-        str | None, typer.Option(help="budgets to predict at, FLOPs, e.g. 1e21,1e23")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    starts: Annotated[
-        int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
-    ] = None,
+    compute: Compute = None,
+    seed: Seed = 0,
+    starts: Starts = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Fit a scaling law with bootstrap intervals and compare compute-optimal approaches."""

@@ -12,27 +12,32 @@ from typing import Annotated
 
 import typer
 
-from scalinglab.analysis.cli import COLUMNS_HELP, LAW_HELP, SOURCE_HELP, CacheDir, check_writable
+from scalinglab.analysis.cli import (
+    Approaches,
+    Bootstrap,
+    CacheDir,
+    Columns,
+    Compute,
+    Law,
+    Seed,
+    Source,
+    Starts,
+    check_writable,
+)
 
 OUT_HELP = "HTML file to write (default: SOURCE/report.html, or TABLE_report.html beside a table)"
 
 
 def report_cmd(
-    source: Annotated[Path, typer.Argument(help=SOURCE_HELP, show_default=False)],
+    source: Source,
     out: Annotated[Path | None, typer.Option(help=OUT_HELP, show_default=False)] = None,
-    law: Annotated[str, typer.Option(help=LAW_HELP)] = "chinchilla",
-    approach: Annotated[str, typer.Option(help="compute-optimal approaches, e.g. 1,2,3")] = (
-        "1,2,3"
-    ),
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 200,
-    columns: Annotated[str | None, typer.Option(help=COLUMNS_HELP)] = None,
-    compute: Annotated[
-        str | None, typer.Option(help="budgets to predict at, FLOPs, e.g. 1e21,1e23")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    starts: Annotated[
-        int | None, typer.Option(help="thin the L-BFGS start grid to about this many starts")
-    ] = None,
+    law: Law = "chinchilla",
+    approach: Approaches = "1,2,3",
+    bootstrap: Bootstrap = 200,
+    columns: Columns = None,
+    compute: Compute = None,
+    seed: Seed = 0,
+    starts: Starts = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Write one self-contained HTML report: sweep, trials, fit, approaches, back-test, plots."""
