@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +50,12 @@ def tiny_trial(**overrides: Any) -> TrialConfig:
         },
     }
     return trial_from_dict(base, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One JAX compilation cache per test process, shared by the sweep tests."""
+    return tmp_path_factory.getbasetemp() / "jax_cache"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from conftest import SWEEP_BASE as BASE
 from scalinglab import runfiles as rf
 from scalinglab.sweep import load_runs
 from scalinglab.sweep.locks import lock_info
-from scalinglab.train.loop import WALL_CLOCK_FIELDS
+from test_sweep_run import _records
 
 SLURM_COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel")
 
@@ -63,18 +63,6 @@ def slurm() -> None:
     why = _no_slurm()
     if why:
         pytest.skip(why)
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "jax_cache"
-
-
-def _records(run_dir: Path) -> list[dict[str, Any]]:
-    return [
-        {k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS}
-        for r in rf.read_jsonl(run_dir / rf.METRICS)
-    ]
 
 
 def _status(run_dir: Path) -> dict[str, Any]:

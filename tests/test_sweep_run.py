@@ -45,11 +45,6 @@ def write_sweep(path: Path, grid: dict[str, list], **extra: Any) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "jax_cache"
-
-
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [
         {k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS}
