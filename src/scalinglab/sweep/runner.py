@@ -211,10 +211,7 @@ def run_sweep(
                         continue
                     result.outcomes[tid] = outcome
                     emit("trial", outcome=outcome, trial=by_id.get(tid), work=work.get(tid, 0))
-                    if (
-                        outcome.get("error_type") in ("RunDirError", "DiskFullError")
-                        and abort is None
-                    ):
+                    if outcome.get("stops_sweep") and abort is None:
                         abort = outcome["error"]
                         ex.cancel_queued()
                         retry_at.clear()

@@ -109,6 +109,7 @@ def execute_trial(spec: Spec) -> Outcome:
         return {"trial_id": spec["trial_id"], "status": "interrupted", "error": why}
     setup_worker(spec.get("threads"), spec.get("cache_dir"))
     from scalinglab.config import TrialConfig
+    from scalinglab.errors import RunDirError
     from scalinglab.rundir import RunDir
     from scalinglab.sweep.locks import TrialLock
     from scalinglab.train import TrialInterrupted, run_trial
@@ -127,6 +128,7 @@ def execute_trial(spec: Spec) -> Outcome:
             "status": "failed",
             "error": f"RunDirError: {run_dir}: {e.strerror or e}",
             "error_type": "RunDirError",
+            "stops_sweep": True,
         }
     try:
         skip = RunDir(run_dir).skip(bool(spec.get("retry_failed")))
@@ -145,6 +147,9 @@ def execute_trial(spec: Spec) -> Outcome:
     except Exception as e:  # noqa: BLE001 - a failed trial must not stop the sweep
         msg = str(e).splitlines()[0] if str(e) else ""
         out.update(status="failed", error=f"{type(e).__name__}: {msg}", error_type=type(e).__name__)
+        # A run directory that cannot be read or written (disk full included) fails every
+        # trial after it too: the runner starts no more.
+        out["stops_sweep"] = isinstance(e, RunDirError)
         if not isinstance(e, ValueError | OSError):
             out["traceback"] = traceback.format_exc(limit=8)
     finally:
