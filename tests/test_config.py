@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scalinglab.config import GPT_SIZES, ConfigError, dump_trial, load_trial, trial_from_dict
 
@@ -155,3 +156,77 @@ def test_bad_overrides_blame_the_flag(flag: str, expected: str) -> None:
 def test_booleans_still_set_boolean_fields() -> None:
     cfg = load_trial(overrides=["model.tie_embeddings=false"])
     assert cfg.model.tie_embeddings is False
+
+
+def _readme_trial_config() -> dict:
+    """The annotated trial config in README.md ("Trial config"): the documented defaults."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("### Trial config")[1].split("```yaml\n")[1].split("```")[0]
+    return yaml.safe_load(block)
+
+
+def _subset_mismatches(documented: dict, actual: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in documented.items():
+        if isinstance(value, dict):
+            out += _subset_mismatches(value, actual[key], f"{prefix}{key}.")
+        elif actual[key] != value and not (  # YAML 1.1 reads 1.0e6 as a string
+            isinstance(value, str)
+            and isinstance(actual[key], float)
+            and float(value) == actual[key]
+        ):
+            out.append(f"{prefix}{key}: README {value!r}, schema {actual[key]!r}")
+    return out
+
+
+def test_readme_trial_config_is_the_schema_defaults() -> None:
+    """A field left out of a YAML takes the default README.md documents (not the shipped
+    trial.yaml's choices): a config built from nothing has every documented value."""
+    documented = _readme_trial_config()
+    assert not _subset_mismatches(documented, trial_from_dict({}).model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"n_layer": 0}, "n_layer"),
+        ({"family": "mlp", "n_classes": 1}, "n_classes"),
+    ],
+)
+def test_degenerate_model_fields_are_refused(model: dict, field: str) -> None:
+    """One token, one class, a layer-free model or dropout of everything cannot train."""
+    data = {"source": "digits"} if model.get("family") == "mlp" else {}
+    with pytest.raises(ConfigError, match=f"model.{field}"):
+        trial_from_dict({"model": model, "data": data})
+
+
+def test_smallest_sound_model_fields_are_accepted() -> None:
+    cfg = trial_from_dict({"model": {"vocab_size": 2, "dropout": 0.99, "n_layer": 1}})
+    assert (cfg.model.vocab_size, cfg.model.dropout, cfg.model.n_layer) == (2, 0.99, 1)
+    mlp = trial_from_dict(
+        {
+            "model": {"family": "mlp", "n_classes": 2},
+            "data": {"source": "shapes", "shapes": {"n_classes": 2}},
+        }
+    )
+    assert mlp.model.n_classes == 2
+
+
+def test_assignments_are_validated() -> None:
+    """Code that edits a config after loading (resolve, --set) meets the same checks."""
+    cfg = trial_from_dict({})
+    with pytest.raises(ValueError):
+        cfg.model.dropout = 1.5
+
+
+def test_a_registered_family_cannot_be_edited_in_place() -> None:
+    """The registry is shared by every trial in a process: a plug-in's record is frozen."""
+    from dataclasses import FrozenInstanceError
+
+    from scalinglab.families import REGISTRY
+
+    with pytest.raises(FrozenInstanceError):
+        REGISTRY["gpt"].name = "other"  # type: ignore[misc]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from scalinglab.config import ModelConfig
+from scalinglab.config import GPT_SIZES, ModelConfig
 from scalinglab.flops import (
     flops_for_tokens,
     flops_per_token,
@@ -71,3 +73,28 @@ def test_param_counts_swiglu_rotary_untied_by_hand() -> None:
         "embedding": embedding,
         "non_embedding": 2 * layer + 2 * 64,
     }
+
+
+def _documented_presets() -> list[list[str]]:
+    """Rows of the size-preset table in docs/model_zoo.md (the documented contract)."""
+    text = (Path(__file__).parents[1] / "docs" / "model_zoo.md").read_text()
+    section = text.split("### Size presets")[1].split("\n#")[0]
+    rows = [
+        line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| `")
+    ]
+    return [[cell.strip("` ") for cell in row] for row in rows]
+
+
+def test_size_presets_match_the_documented_table() -> None:
+    """Each `model.size` preset has the documented shape, and its non-embedding count is the
+    documented number, which is L (12 d^2 + 13 d) + 2 d by hand (4x MLP, biases, 2 norms)."""
+    rows = _documented_presets()
+    assert [r[0] for r in rows] == list(GPT_SIZES)
+    for name, n_layer, d_model, n_head, d_head, n_nonembed in rows:
+        L, d, h = int(n_layer), int(d_model), int(n_head)
+        cfg = ModelConfig(size=name, n_layer=99, d_model=8, n_head=1, vocab_size=256, max_seq_len=8)
+        assert (cfg.n_layer, cfg.d_model, cfg.n_head) == (L, d, h), name
+        assert d // h == int(d_head), name
+        documented = int(n_nonembed.replace(",", ""))
+        assert documented == L * (12 * d * d + 13 * d) + 2 * d, name
+        assert param_counts(cfg)["non_embedding"] == documented, name

@@ -1,11 +1,14 @@
 """Laws: natural forms against numpy, log-space forms against the natural ones."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from scalinglab.analysis import laws
+from scalinglab.analysis.diagnostics import bounds_reached
 
 HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 KAPLAN = {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}
@@ -62,11 +65,60 @@ def test_hoffmann_allocation_exponents():
     assert pytest.approx((0.34 * 406.4 / (0.28 * 410.7)) ** (1 / 0.62)) == G
 
 
-def test_start_grid_is_hoffmanns():
-    grid = laws.CHINCHILLA.start_grid()
-    assert grid.shape == (4500, 5)
-    assert set(grid[:, 3]) == {0.0, 0.5, 1.0, 1.5, 2.0}
-    assert set(grid[:, 1]) == {0.0, 5.0, 10.0, 15.0, 20.0, 25.0}
+def _documented_grids() -> dict[str, dict[str, tuple[list[float], tuple[float, float] | None]]]:
+    """docs/analysis.md, "Start grids and bounds": per law and raw parameter, the start values
+    and the natural parameter's bounds."""
+    text = (Path(__file__).parents[1] / "docs" / "analysis.md").read_text()
+    section = text.split("### Start grids and bounds")[1].split("\n#")[0]
+    out: dict = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        law, raw, values, bounds = (c.strip().strip("`") for c in line.strip("|").split("|"))
+        starts = [
+            float(np.log(float(v[4:]))) if v.startswith("log ") else float(v)
+            for v in (x.strip() for x in values.split(","))
+        ]
+        lo_hi = tuple(float(b) for b in bounds.split(",")) if bounds else None
+        out.setdefault(law, {})[raw] = (starts, lo_hi)
+    return out
+
+
+def test_start_grids_and_bounds_are_the_documented_ones():
+    documented = _documented_grids()
+    assert set(documented) == set(laws.LAWS)
+    for name, law in laws.LAWS.items():
+        rows = documented[name]
+        assert tuple(rows) == law.raw_names, name
+        for raw, (starts, _) in rows.items():
+            assert np.allclose(law.grid[raw], starts, rtol=0, atol=1e-12), (name, raw)
+        bounded = {
+            natural: rows[raw][1]
+            for raw, natural in zip(law.raw_names, law.param_names, strict=True)
+            if rows[raw][1] is not None
+        }
+        assert law.bounds == bounded, name
+    grid = laws.CHINCHILLA.start_grid()  # Hoffmann's grid as replicated by Besiroglu et al.
+    assert grid.shape == (4500, 5) and len(np.unique(grid, axis=0)) == 4500
+
+
+@pytest.mark.parametrize("name", list(laws.LAWS))
+def test_bound_check_flags_exactly_the_values_outside_the_documented_range(name):
+    law = laws.LAWS[name]
+    rows = _documented_grids()[name]
+    inside = {n: 1.0 for n in law.param_names}
+    for raw, natural in zip(law.raw_names, law.param_names, strict=True):
+        if rows[raw][1] is None:
+            continue
+        lo, hi = rows[raw][1]
+        for value, flagged in (
+            (lo - 0.01, True),
+            (lo + 0.01, False),
+            (hi - 0.01, False),
+            (hi + 0.01, True),
+        ):
+            got = bounds_reached(law, {**inside, natural: value})
+            assert (natural in got) == flagged, (natural, value)
 
 
 def test_unknown_law_lists_choices():

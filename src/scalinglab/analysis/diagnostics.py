@@ -32,6 +32,11 @@ E_ADVICE = (
 )
 
 
+def bounds_reached(law: Law, params: dict[str, float]) -> list[str]:
+    """Natural parameters at (within 1e-6) or past their law's physical bounds."""
+    return [n for n, (a, b) in law.bounds.items() if params[n] <= a + 1e-6 or params[n] >= b - 1e-6]
+
+
 def solver_diagnostics(
     law: Law,
     grid: np.ndarray,
@@ -63,10 +68,7 @@ def solver_diagnostics(
     ]
     if edge:
         warnings.append(f"optimum on or outside the start grid for {', '.join(edge)}")
-    params = law.to_natural(raw)
-    at_bound = [
-        n for n, (a, b) in law.bounds.items() if params[n] <= a + 1e-6 or params[n] >= b - 1e-6
-    ]
+    at_bound = bounds_reached(law, law.to_natural(raw))
     if at_bound:
         warnings.append(f"optimum at or past a bound for {', '.join(at_bound)}")
 

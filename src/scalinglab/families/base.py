@@ -29,7 +29,8 @@ Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "si
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
 
 # One size table: a transformer config may name a size instead of its dimensions.
-# Widths double every two steps; depth grows slowly, heads keep d_head = 64 above "small".
+# Widths double every two steps; depth grows slowly; from "tiny" on every head is 64 wide.
+# docs/model_zoo.md ("Size presets") lists the table with each preset's N_nonembed.
 GPT_SIZES: dict[str, dict[str, int]] = {
     "nano": {"n_layer": 2, "d_model": 64, "n_head": 2},
     "micro": {"n_layer": 2, "d_model": 96, "n_head": 2},
