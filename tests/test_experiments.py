@@ -37,6 +37,8 @@ EXPECTED: dict[str, set[str]] = {
     "optimizers": {"alpha", "against_adamw", "final_eval_loss", "reference"},
     "convolution": {"alpha", "resnet_minus_mlp_alpha", "frontier", "resnet_minus_mlp_loss"},
     "regularisation": {"beta", "weight_decay_effect", "mean_loss"},
+    "backprop": {"gradient_checks", "depth_slopes"},
+    "depth-and-residuals": {"trials", "residual_vs_plain"},
 }
 SLOPES: dict[str, tuple[str, list[str], str, str, str]] = {
     "activations": ("alpha", ["model.activation"], "C", "final_eval_loss", "{}"),
@@ -121,6 +123,18 @@ def test_smoke_run(name: str, tmp_path: Path, pool: Any, cache: Path) -> None:
     findings = doc["findings"]
     assert EXPECTED.get(name, set()) | {"answer"} <= set(findings)
     assert isinstance(findings["answer"], str) and findings["answer"]
+    if name == "backprop":  # the smoke's trained 2-layer net: the gradient checks hold there
+        for check in findings["gradient_checks"].values():
+            assert check["hand_chain_rule_max_relative_error"] < 1e-5
+            assert check["finite_difference_max_error_over_grad_norm"] < 1e-3
+    if name == "depth-and-residuals":  # every trial, with the loss its summary recorded
+        got = {t["trial_id"]: t["final_eval_loss"] for t in findings["trials"]}
+        want = {
+            d.name: json.loads((d / "summary.json").read_text())["final_eval_loss"]
+            for d in (out / "depth_digits").iterdir()
+            if (d / "summary.json").is_file()
+        }
+        assert got == pytest.approx(want)
     figure = yaml.safe_load((ROOT / name / "study.yaml").read_text())["figure"]
     assert (out / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
