@@ -54,7 +54,16 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "approach2": ("analysis/approach2.py", ["tests/test_fit_table.py"]),
     "attention": ("models/attention.py", ["tests/test_attention.py"]),
     "expand": ("sweep/expand.py", ["tests/test_sweep_expand.py", "tests/test_trial_ids.py"]),
-    "checkpoint": ("train/checkpoint.py", ["tests/test_train.py"]),
+    "checkpoint": (  # the tests that save, restore, refuse or recover checkpoints
+        "train/checkpoint.py",
+        [
+            "tests/test_train.py::test_resume_in_process_equals_uninterrupted",
+            "tests/test_train.py::test_corrupt_latest_checkpoint_falls_back",
+            "tests/test_train.py::test_checkpoint_of_another_format_is_reported_not_deleted",
+            "tests/test_hooks.py::test_checkpoint_saves_state_and_host_bookkeeping",
+            "tests/test_sweep_run.py::test_disk_full_fails_the_trial_in_one_line_and_loses_nothing",
+        ],
+    ),
 }
 
 _SWAPS: dict[type, type] = {

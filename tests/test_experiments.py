@@ -33,15 +33,31 @@ runner = CliRunner()
 # Per study: the findings keys its README quotes, and how to recompute its exponents from the
 # trial directories alone: (exponent, group columns, x, y, group label).
 EXPECTED: dict[str, set[str]] = {
-    "activations": {"alpha", "gelu_minus_relu_alpha", "final_eval_loss", "best_at_largest"},
-    "optimizers": {"alpha", "against_adamw", "final_eval_loss", "reference"},
+    "activations": {
+        "alpha",
+        "against",
+        "gelu_minus_relu_alpha",
+        "final_eval_loss",
+        "best_at_largest",
+        "dead_units",
+    },
+    "optimizers": {"alpha", "against_adamw", "lr_sensitivity", "schedules", "state_memory"},
     "convolution": {"alpha", "resnet_minus_mlp_alpha", "frontier", "resnet_minus_mlp_loss"},
     "regularisation": {"beta", "weight_decay_effect", "mean_loss"},
     "backprop": {"gradient_checks", "depth_slopes"},
     "depth-and-residuals": {"trials", "residual_vs_plain"},
+    "universal-approximation": {
+        "alpha",
+        "curves",
+        "relu_vs_tanh",
+        "steps_check",
+        "target_variance",
+        "relative_mse_at_largest_width",
+    },
 }
 SLOPES: dict[str, tuple[str, list[str], str, str, str]] = {
-    "activations": ("alpha", ["model.activation"], "C", "final_eval_loss", "{}"),
+    # The GPT trials only: the dead-unit MLPs have no n_head, so groupby drops them.
+    "activations": ("alpha", ["model.activation", "model.n_head"], "C", "final_eval_loss", "{}"),
     "optimizers": ("alpha", ["optimizer.name", "optimizer.lr"], "C", "final_eval_loss", "{}@{:g}"),
     "convolution": ("alpha", ["model.family"], "C", "final_eval_loss", "{}"),
     "regularisation": (
@@ -50,6 +66,13 @@ SLOPES: dict[str, tuple[str, list[str], str, str, str]] = {
         "data.train_subset",
         "best_eval_loss",
         "dropout={:g},wd={:g}",
+    ),
+    "universal-approximation": (
+        "alpha",
+        ["data.functions.name", "model.activation"],
+        "model.width",
+        "final_eval_mse",
+        "{}@{}",
     ),
 }
 

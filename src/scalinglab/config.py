@@ -7,8 +7,9 @@ file, the line and the field, and lists what is allowed.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -43,7 +44,28 @@ _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
 # The data sources each data kind (`Family.data_kinds`) covers.
 TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
 IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
-DATA_KIND_SOURCES: dict[str, tuple[str, ...]] = {"text": TEXT_SOURCES, "image": IMAGE_SOURCES}
+REGRESSION_SOURCES: tuple[str, ...] = ("functions",)
+DATA_KIND_SOURCES: dict[str, tuple[str, ...]] = {
+    "text": TEXT_SOURCES,
+    "image": IMAGE_SOURCES,
+    "regression": REGRESSION_SOURCES,
+}
+# Sources whose unit of D is one example (`data.seq_len` 1), with a fixed train split that
+# `data.train_subset` can cut.
+EXAMPLE_SOURCES = IMAGE_SOURCES + REGRESSION_SOURCES
+
+# The target functions of `data.source: functions` and their input dimension d; the formulas
+# are in `scalinglab.data.functions` (which checks it has exactly these names).
+FUNCTION_DIMS: dict[str, int] = {
+    "sine": 1,  # sin(pi x): smooth, one period on [-1, 1]
+    "abs": 1,  # |x|: one kink at 0
+    "high_freq": 1,  # sin(4 pi x): smooth, four periods
+    "product_2d": 2,  # x1 * x2: a smooth saddle
+    "gaussian_bump_2d": 2,  # exp(-4 |x|^2): smooth
+    "kink_2d": 2,  # |x| = sqrt(x1^2 + x2^2): a cone, kinked at the origin
+}
+FunctionName = Literal["sine", "abs", "high_freq", "product_2d", "gaussian_bump_2d", "kink_2d"]
+assert set(FUNCTION_DIMS) == set(get_args(FunctionName))
 
 
 def parse_model_config(data: dict[str, Any]) -> FamilyConfig:
@@ -88,18 +110,33 @@ class ShapesConfig(Strict):
     seed: int = 0
 
 
+class FunctionsConfig(Strict):
+    """A regression task on a known function: inputs uniform on [-1, 1]^d (d from `name`),
+    targets the function's values, Gaussian noise of std `noise` on the training targets only
+    (validation targets are exact, so the eval MSE is the error against the function).
+    Deterministic given `seed`."""
+
+    name: FunctionName = "sine"
+    n_train: int = Field(1024, ge=1)
+    n_val: int = Field(1024, ge=1)
+    noise: float = Field(0.0, ge=0.0)
+    seed: int = 0
+
+
 # (image_size, channels, n_classes) of scikit-learn's bundled handwritten digits.
 DIGITS_SPEC = (8, 1, 10)
 
 
 class DataConfig(Strict):
-    """Where tokens (or images) come from, and how they are cut into sequences.
+    """Where tokens (or images, or regression examples) come from, and how they are cut.
 
-    For image sources one example is one unit of D: `seq_len` is 1 (the default there; any
-    other value is an error), so `batch_size * seq_len` counts examples everywhere.
+    For image and regression sources one example is one unit of D: `seq_len` is 1 (the default
+    there; any other value is an error), so `batch_size * seq_len` counts examples everywhere.
     """
 
-    source: Literal["stdlib", "text", "tokens", "synthetic", "digits", "shapes"] = "stdlib"
+    source: Literal["stdlib", "text", "tokens", "synthetic", "digits", "shapes", "functions"] = (
+        "stdlib"
+    )
     seq_len: int = Field(64, ge=1)
     path: str | None = None
     val_frac: float = Field(0.02, gt=0.0, lt=0.5)
@@ -107,14 +144,15 @@ class DataConfig(Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     augment: AugmentConfig = AugmentConfig()
     shapes: ShapesConfig = ShapesConfig()
-    # Image sources: train on only the first n examples of the fixed train split (data-scaling
-    # sweeps); the validation split is unchanged.
+    # Image and regression sources: train on only the first n examples of the fixed train
+    # split (data-scaling sweeps); the validation split is unchanged.
     train_subset: int | None = Field(None, ge=1)
+    functions: FunctionsConfig = FunctionsConfig()
 
     @model_validator(mode="before")
     @classmethod
     def _image_seq_len(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("source") in IMAGE_SOURCES:
+        if isinstance(data, dict) and data.get("source") in EXAMPLE_SOURCES:
             data = {"seq_len": 1, **data}
         return data
 
@@ -122,20 +160,28 @@ class DataConfig(Strict):
     def _check_path(self) -> DataConfig:
         if self.source in ("text", "tokens") and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
-        if self.source in IMAGE_SOURCES and self.seq_len != 1:
+        if self.source in EXAMPLE_SOURCES and self.seq_len != 1:
             raise ValueError(
-                f"data.seq_len must be 1 for image source {self.source!r} (one example is one "
-                f"unit of D); remove it"
+                f"data.seq_len must be 1 for {self.kind} source {self.source!r} (one example "
+                f"is one unit of D); remove it"
             )
         # Compared with the defaults, not the fields set: a dumped text config holds them too.
-        image_only = {"augment": self.augment != AugmentConfig(), "train_subset": self.train_subset}
-        for name, used in image_only.items():
-            if self.source in TEXT_SOURCES and used:
+        only = {
+            "augment": (self.augment != AugmentConfig(), IMAGE_SOURCES, "image"),
+            "train_subset": (self.train_subset, EXAMPLE_SOURCES, "image and regression"),
+        }
+        for name, (used, sources, what) in only.items():
+            if used and self.source not in sources:
                 raise ValueError(
-                    f"data.{name} applies to image sources only ({', '.join(IMAGE_SOURCES)}); "
+                    f"data.{name} applies to {what} sources only ({', '.join(sources)}); "
                     f"data.source is {self.source!r}"
                 )
         return self
+
+    @property
+    def kind(self) -> str:
+        """The data kind of the source: "text", "image" or "regression" (DATA_KIND_SOURCES)."""
+        return next(k for k, sources in DATA_KIND_SOURCES.items() if self.source in sources)
 
     def image_spec(self) -> tuple[int, int, int] | None:
         """(image_size, channels, n_classes) of an image source; None for text sources."""
@@ -143,6 +189,12 @@ class DataConfig(Strict):
             return DIGITS_SPEC
         if self.source == "shapes":
             return (self.shapes.image_size, self.shapes.channels, self.shapes.n_classes)
+        return None
+
+    def n_inputs(self) -> int | None:
+        """Input features of a regression source (the function's d); None for the others."""
+        if self.source == "functions":
+            return FUNCTION_DIMS[self.functions.name]
         return None
 
 
@@ -256,8 +308,12 @@ CADENCE_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_eve
 # Fields added to the trial schema after the id scheme (v2) was fixed, each with the value that
 # computes exactly what the config computed before the field existed. A config at that value
 # leaves the field out of its identity, so adding a field never changes existing ids. Adding a
-# field without an entry here fails tests/test_trial_ids.py.
-ADDED_FIELDS: dict[str, Any] = {}
+# field without an entry here fails tests/test_trial_ids.py. A whole sub-config may be one entry,
+# its neutral value the sub-config's default dump.
+ADDED_FIELDS: dict[str, Any] = {
+    "data.functions": FunctionsConfig().model_dump(mode="json"),  # the regression source
+    "model.n_inputs": None,  # mlp: input features of a regression source
+}
 
 
 def results_dump(cfg: TrialConfig) -> dict[str, Any]:
@@ -269,19 +325,25 @@ def identity_dump(cfg: TrialConfig) -> dict[str, Any]:
     """What makes two configs the same trial: `results_dump` without the cadence fields and
     without ADDED_FIELDS left at their neutral value. Trial ids hash it, and a run directory
     whose config differs only outside it is the same trial."""
-    out = results_dump(cfg)
+    out = without_added_fields(results_dump(cfg))
     train = out["train"]
     for name in CADENCE_FIELDS:
         if name != "eval_every" or train.get("early_stopping") is None:
             train.pop(name, None)
+    return out
+
+
+def without_added_fields(dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (a config as JSON) without the ADDED_FIELDS that hold their neutral value: what
+    the config was before those fields existed, so every id scheme hashes it unchanged."""
     for dotted, neutral in ADDED_FIELDS.items():
         *parents, leaf = dotted.split(".")
-        node: Any = out
+        node: Any = dump
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
             del node[leaf]
-    return out
+    return dump
 
 
 class TrialConfig(Strict):
@@ -368,6 +430,12 @@ def format_validation_error(
         if len(loc) >= 2 and loc[0] == "model" and loc[1] in REGISTRY:
             # The discriminated union puts the family tag in loc: model.gpt.size -> model.size.
             family, loc = loc[1], (loc[0], *loc[2:])
+        msg = e["msg"]
+        named = None
+        if e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            named = _field_named(msg, loc)
+            loc = named or loc
         field = ".".join(loc) or "<root>"
         line = None
         if lines:
@@ -380,7 +448,9 @@ def format_validation_error(
         flag = next((given[loc[:k]] for k in range(len(loc), 0, -1) if loc[:k] in given), None)
         if flag is not None:
             where = flag
-        msg = e["msg"]
+        if named:  # a check across fields whose message starts with the field it blames
+            out.append(f"{where}: {msg}")
+            continue
         if e["type"] == "extra_forbidden":
             parent = REGISTRY[family].config if family and len(loc) == 2 else _model_at(loc[:-1])
             what = f"not a field of model.family {family!r}" if family else "unknown field"
@@ -389,10 +459,20 @@ def format_validation_error(
             msg = "not allowed; " + msg.replace("Input should be", "expected")
         elif e["type"] == "missing" and family:
             msg = f"required by model.family {family!r}"
-        elif e["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
         out.append(f"{where}: {field}: {msg} (got {e.get('input')!r})")
     return "\n".join(out)
+
+
+def _field_named(msg: str, loc: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The dotted field a check's message starts with (`model.family 'gpt' cannot train ...`),
+    when it lies at or below `loc`: such checks (TrialConfig's, DataConfig's) fail at their
+    model's root, and their input is the whole mapping, so the error is located at that field
+    instead and the message, which states the values, stands alone."""
+    match = re.match(r"((?:seed|model|data|optimizer|train)(?:\.\w+)*)\b", msg)
+    if match is None:
+        return None
+    path = tuple(match.group(1).split("."))
+    return path if path[: len(loc)] == loc and len(path) > len(loc) else None
 
 
 def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:

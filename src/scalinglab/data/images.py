@@ -1,9 +1,10 @@
 """Image classification data: scikit-learn's bundled digits and a generated bars task.
 
 Both sources give an `ImageDataset`: float32 images in [0, 1] (plus noise for the generated
-task) of shape (N, H, W, C), int32 labels, a fixed train/validation split, and batches that are
-a pure function of (step, batch_size, seed), shuffled per epoch, so a resumed run sees exactly
-the batches an uninterrupted one would. One example is one unit of D (`data.seq_len` is 1).
+task) of shape (N, H, W, C), int32 labels, a fixed train/validation split, and the batches of
+`ExampleDataset` (`data/examples.py`): a pure function of (step, batch_size, seed), shuffled
+per epoch, so a resumed run sees exactly the batches an uninterrupted one would. One example
+is one unit of D (`data.seq_len` is 1).
 
 - `digits`: the 1,797 8x8 grey handwritten digits that scikit-learn ships (real images, no
   download), split once by a fixed permutation into 1,500 train and 297 validation images.
@@ -15,119 +16,41 @@ the batches an uninterrupted one would. One example is one unit of D (`data.seq_
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from scalinglab.config import DataConfig, ShapesConfig
-from scalinglab.data.batches import DataError
+from scalinglab.data.batches import DataError, _rng
+from scalinglab.data.examples import ExampleDataset, arrays_sha256
 
-# Epoch permutations kept per dataset; two cover a batch that straddles an epoch boundary.
-_EPOCH_CACHE_SIZE = 4
 DIGITS_N_VAL = 297  # 1797 = 1500 train + 297 validation
 DIGITS_SPLIT_SEED = 0  # the split never depends on the trial seed
 
 
-def _rng(*ints: int) -> np.random.Generator:
-    return np.random.default_rng([int(i) % 2**64 for i in ints])
+class ImageDataset(ExampleDataset):
+    """Images float32 (N, H, W, C) and int32 labels; batches `{"image", "label"}` (the batching
+    of `ExampleDataset`)."""
 
-
-def images_sha256(*arrays: np.ndarray) -> str:
-    """sha256 over the raw bytes of the arrays, in order (images, then labels)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).data)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True, eq=False)
-class ImageDataset:
-    """Train and validation images with resumable batch functions (the `Dataset` contract)."""
-
-    train_images: np.ndarray  # float32 (N_train, H, W, C)
-    train_labels: np.ndarray  # int32 (N_train,)
-    val_images: np.ndarray  # float32 (N_val, H, W, C)
-    val_labels: np.ndarray  # int32 (N_val,)
-    info: dict[str, Any]
-    _epochs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False)
-    _val_cache: dict[tuple[int, int], list[dict[str, np.ndarray]]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    INPUT_KEY: ClassVar[str] = "image"
+    TARGET_KEY: ClassVar[str] = "label"
 
     @property
-    def train(self) -> np.ndarray:
-        return self.train_images
+    def train_images(self) -> np.ndarray:
+        return self.train_inputs
 
     @property
-    def val(self) -> np.ndarray:
-        return self.val_images
+    def train_labels(self) -> np.ndarray:
+        return self.train_targets
 
     @property
-    def windows_per_epoch(self) -> int:
-        """Training examples per epoch (the planner's name for it, shared with text data)."""
-        return len(self.train_labels)
+    def val_images(self) -> np.ndarray:
+        return self.val_inputs
 
-    def epoch(self, step: int, batch_size: int) -> float:
-        """Epochs of training data consumed after `step` batches of `batch_size` examples."""
-        return step * batch_size / self.windows_per_epoch
-
-    def _perm(self, epoch: int, seed: int) -> np.ndarray:
-        key = (seed, epoch)
-        perm = self._epochs.get(key)
-        if perm is None:
-            perm = _rng(seed, epoch).permutation(self.windows_per_epoch)
-            if len(self._epochs) >= _EPOCH_CACHE_SIZE:
-                self._epochs.pop(next(iter(self._epochs)))
-            self._epochs[key] = perm
-        return perm
-
-    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
-        """`{"image": float32 (B, H, W, C), "label": int32 (B,)}`.
-
-        Row i of step s is example number s * batch_size + i of an endless sequence of epochs,
-        each a permutation of the training set drawn from default_rng((seed, epoch)): every
-        example is seen once per epoch and the batch depends on nothing but the arguments.
-        """
-        n = self.windows_per_epoch
-        flat = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
-        epoch, j = np.divmod(flat, n)
-        idx = np.empty(batch_size, np.int64)
-        for e in np.unique(epoch):
-            rows = epoch == e
-            idx[rows] = self._perm(int(e), seed)[j[rows]]
-        return {"image": self.train_images[idx], "label": self.train_labels[idx]}
-
-    def val_batches(self, batch_size: int, n_examples: int) -> list[dict[str, np.ndarray]]:
-        """The same validation batches every call, from the start of the validation split.
-
-        As many batches as cover `n_examples` (rounded up), at most as many as cover the whole
-        split; each holds `weight` (1 for an example, 0 for padding), and a short last batch is
-        padded with the split's first examples at weight 0, so every example is scored once
-        and evaluation compiles one shape. Arrays are read-only and shared between calls.
-        """
-        key = (batch_size, n_examples)
-        if key not in self._val_cache:
-            n_val = len(self.val_labels)
-            size = min(batch_size, n_val)
-            n = min(n_examples, n_val)
-            batches = []
-            for i in range(math.ceil(n / size)):
-                idx = np.arange(i * size, (i + 1) * size)
-                real = idx < n
-                idx = np.where(real, idx, idx % size)  # padding: copies at weight 0
-                batch = {
-                    "image": self.val_images[idx],
-                    "label": self.val_labels[idx],
-                    "weight": real.astype(np.float32),
-                }
-                for arr in batch.values():
-                    arr.setflags(write=False)
-                batches.append(batch)
-            self._val_cache[key] = batches
-        return list(self._val_cache[key])
+    @property
+    def val_labels(self) -> np.ndarray:
+        return self.val_targets
 
 
 def _dataset(
@@ -162,7 +85,7 @@ def _dataset(
         "image_size": int(images.shape[1]),
         "channels": int(images.shape[3]),
         "n_classes": n_classes,
-        "sha256": images_sha256(train_x, train_y, val_x, val_y),
+        "sha256": arrays_sha256(train_x, train_y, val_x, val_y),
         **extra,
     }
     return ImageDataset(train_x, train_y, val_x, val_y, info)

@@ -177,10 +177,11 @@ class ImageConfig(FamilyConfig):
     """Image classifiers: the input and output shapes come from the data when left out, and
     must match it when given."""
 
-    # None: taken from the data source by `resolve` (the resolved config always holds them).
-    image_size: int = Field(None, ge=1)  # type: ignore[assignment]  # height = width
-    in_channels: int = Field(None, ge=1)  # type: ignore[assignment]
-    n_classes: int = Field(None, ge=2)  # type: ignore[assignment]
+    # None: taken from an image source by `resolve` (the resolved config of an image trial
+    # always holds them; an MLP on a regression source keeps them None).
+    image_size: int | None = Field(None, ge=1)  # height = width
+    in_channels: int | None = Field(None, ge=1)
+    n_classes: int | None = Field(None, ge=2)
 
     def resolve(self, data: DataConfig) -> None:
         """Fill the shapes the config left out from the data; a given one must equal the
@@ -262,7 +263,7 @@ def no_step_temp_bytes(cfg: FamilyConfig, batch_size: int, seq_len: int) -> int:
     return 0
 
 
-DataKind = Literal["text", "image"]
+DataKind = Literal["text", "image", "regression"]
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,8 @@ class Family:
       `counting` is "kaplan" or "full" (already checked).
     - `step_temp_bytes(cfg, batch_size, seq_len) -> int`: a train step's temporaries
       (`scalinglab.hostmem`).
-    - `data_kinds`: the kinds of data source it trains on ("text", "image").
+    - `data_kinds`: the kinds of data source it trains on ("text", "image", "regression";
+      `scalinglab.config.DATA_KIND_SOURCES`).
     """
 
     name: str

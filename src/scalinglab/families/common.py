@@ -7,9 +7,10 @@ the jitted step) with:
   example batch-norm statistics); `{}` when there are none.
 - `loss(params, model_state, batch, key, step) -> (loss, (metrics, model_state))`: `key` is
   None in evaluation (dropout, augmentation and random masking off or fixed); `metrics`
-  always has "loss" and may add "accuracy".
+  always has "loss" and may add "accuracy" (classifiers) or "mse" (regression).
 - `example_batch(batch_size, rng)`: a random batch of the training shape.
-- `units_per_example`: what one example adds to D (tokens for sequence tasks, 1 for images).
+- `units_per_example`: what one example adds to D (tokens for sequence tasks, 1 for images
+  and regression examples).
 """
 
 from __future__ import annotations
@@ -69,3 +70,10 @@ def classification_task(cfg: TrialConfig, model: nn.Module) -> Any:
     from scalinglab.families.classification import Classification
 
     return Classification.from_config(cfg, model)
+
+
+def regression_task(cfg: TrialConfig, model: nn.Module) -> Any:
+    """`build_task` of an MLP on a regression source: `Regression` (mean squared error)."""
+    from scalinglab.families.regression import Regression
+
+    return Regression.from_config(cfg, model)

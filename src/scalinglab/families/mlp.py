@@ -1,4 +1,5 @@
-"""The MLP family: a fully connected classifier on flattened images.
+"""The MLP family: a fully connected network on flattened images (classification) or on the
+d-dimensional inputs of a regression source (`data.source: functions`, one output, MSE).
 
 Counts are per training EXAMPLE (the `seq_len` argument is ignored); there are no embedding
 parameters. Dense layers have a bias, or batch norm's scale and shift instead. ``kaplan`` is
@@ -8,25 +9,75 @@ sum(fan_in * fan_out)`` over the dense layers (no biases or norms).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from scalinglab.families.base import Family, ImageConfig, no_step_temp_bytes
-from scalinglab.families.common import classification_task
+from scalinglab.families.common import classification_task, regression_task
 
 if TYPE_CHECKING:
     import flax.linen as nn
 
+    from scalinglab.config import DataConfig, TrialConfig
+
+IMAGE_FIELDS = ("image_size", "in_channels", "n_classes")
+
 
 class MLPConfig(ImageConfig):
-    """A fully connected classifier on flattened images; `residual` adds skip connections."""
+    """A fully connected network on flattened inputs; `residual` adds skip connections.
+
+    On an image source it classifies (`image_size`, `in_channels`, `n_classes` from the data);
+    on a regression source it has `n_inputs` inputs (from the data) and one output.
+    """
 
     family: Literal["mlp"] = "mlp"
     width: int = Field(128, ge=1)
     depth: int = Field(2, ge=1)  # hidden layers
     residual: bool = False
     batch_norm: bool = False
+    # Regression sources: the input features (the function's d), taken from the data when left
+    # out; None on image sources, whose input is image_size^2 * in_channels.
+    n_inputs: int | None = Field(None, ge=1)
+
+    @property
+    def input_size(self) -> int:
+        """Features of the flattened input."""
+        if self.n_inputs is not None:
+            return self.n_inputs
+        assert self.image_size is not None and self.in_channels is not None  # resolved
+        return self.image_size**2 * self.in_channels
+
+    @property
+    def output_size(self) -> int:
+        """Units of the head: 1 for regression, else the classifier's logits."""
+        return 1 if self.n_classes is None else n_outputs(self.n_classes)
+
+    def resolve(self, data: DataConfig) -> None:
+        """Image sources: the image shapes (`ImageConfig.resolve`). Regression sources:
+        `n_inputs` from the data (a given one must match) and no image fields."""
+        want = data.n_inputs()
+        if want is None:
+            if self.n_inputs is not None:
+                raise ValueError(
+                    f"model.n_inputs applies to regression sources only; data.source "
+                    f"{data.source!r} gives images of image_size^2 x in_channels inputs; remove it"
+                )
+            super().resolve(data)
+            return
+        for name in IMAGE_FIELDS:
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"model.{name} applies to image sources only; data.source {data.source!r} "
+                    f"is a regression source (inputs: model.n_inputs, one output); remove it"
+                )
+        if self.n_inputs is None:
+            object.__setattr__(self, "n_inputs", want)
+        elif self.n_inputs != want:
+            raise ValueError(
+                f"model.n_inputs ({self.n_inputs}) does not match data.functions.name "
+                f"{data.functions.name!r} ({want} inputs); set model.n_inputs: {want}"
+            )
 
 
 def build_model(cfg: MLPConfig) -> nn.Module:
@@ -54,9 +105,9 @@ def layer_count(fan_in: int, fan_out: int, norm: bool, taps: int = 1) -> int:
 def _layers(cfg: MLPConfig) -> list[tuple[int, int, bool]]:
     """(fan_in, fan_out, followed_by_norm) of each dense layer of the MLP, head last."""
     g = gate_factor(cfg.activation)
-    fan_ins = [cfg.image_size**2 * cfg.in_channels] + [cfg.width] * (cfg.depth - 1)
+    fan_ins = [cfg.input_size] + [cfg.width] * (cfg.depth - 1)
     hidden = [(f, g * cfg.width, cfg.batch_norm) for f in fan_ins]
-    return [*hidden, (cfg.width, n_outputs(cfg.n_classes), False)]
+    return [*hidden, (cfg.width, cfg.output_size, False)]
 
 
 def param_counts(cfg: MLPConfig) -> dict[str, int]:
@@ -72,13 +123,21 @@ def flops_per_token(cfg: MLPConfig, seq_len: int, counting: str) -> float:
     return 3.0 * sum(2.0 * f_in * f_out for f_in, f_out, _ in _layers(cfg))
 
 
+def build_task(cfg: TrialConfig, model: nn.Module) -> Any:
+    """The objective the data kind asks for: `Regression` (MSE) on a regression source,
+    `Classification` on an image source."""
+    if cfg.data.kind == "regression":
+        return regression_task(cfg, model)
+    return classification_task(cfg, model)
+
+
 FAMILY = Family(
     name="mlp",
     config=MLPConfig,
     build_model=build_model,
-    build_task=classification_task,
+    build_task=build_task,
     param_counts=param_counts,
     flops_per_token=flops_per_token,
     step_temp_bytes=no_step_temp_bytes,
-    data_kinds=("image",),
+    data_kinds=("image", "regression"),
 )

@@ -1,10 +1,11 @@
-"""A fully connected image classifier (`model.family: mlp`) and the pieces the ResNet shares.
+"""A fully connected network (`model.family: mlp`) and the pieces the ResNet shares.
 
-Images (B, H, W, C) are flattened; `depth` hidden layers of `width` units follow, each
-``act(norm(W x))`` then dropout; with `residual`, every hidden layer after the first (which
-changes the width) adds its input back, so "plain vs residual at depth 20+" is one flag. The
-head is one Dense to `n_classes` logits (softmax cross-entropy), or to a single logit when
-`n_classes == 2` (sigmoid cross-entropy: the binary case).
+Images (B, H, W, C), or the (B, d) inputs of a regression source, are flattened; `depth`
+hidden layers of `width` units follow, each ``act(norm(W x))`` then dropout; with `residual`,
+every hidden layer after the first (which changes the width) adds its input back, so "plain vs
+residual at depth 20+" is one flag. The head is one Dense to `n_classes` logits (softmax
+cross-entropy), to a single logit when `n_classes == 2` (sigmoid cross-entropy: the binary
+case), or to the single prediction of a regression (`MLPConfig.output_size`).
 
 Choices, each for a reason:
 - swiglu is gated: the layer's projection has 2 x width outputs, split into gate g and value
@@ -15,7 +16,7 @@ Choices, each for a reason:
 - Kernels: He (fan-in, scale 2) for the rectifier-like activations, LeCun (scale 1) for
   sigmoid and tanh; residual branches are scaled down by 1/depth in variance so a deep residual
   stack without norms keeps its activations O(1). The head starts at zero, so the first loss
-  is exactly log(n_classes) (or log 2).
+  is exactly log(n_classes) (or log 2; for a regression, the mean squared target).
 """
 
 from __future__ import annotations
@@ -80,16 +81,17 @@ class BatchNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Flattened image -> `depth` hidden layers of `width` -> logits (float32)."""
+    """Flattened input -> `depth` hidden layers of `width` -> logits or prediction (float32)."""
 
     cfg: MLPConfig
 
     @nn.compact
-    def __call__(self, images_BxHxWxC: Array, train: bool = False) -> Array:
+    def __call__(self, inputs: Array, train: bool = False) -> Array:
+        # inputs: images (B, H, W, C) or regression features (B, d); flattened to (B, F).
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         g = gate_factor(cfg.activation)
-        h_BxF = images_BxHxWxC.reshape(images_BxHxWxC.shape[0], -1).astype(dtype)
+        h_BxF = inputs.reshape(inputs.shape[0], -1).astype(dtype)
         for i in range(cfg.depth):
             skip = cfg.residual and i > 0
             scale = 1.0 / cfg.depth if skip else 1.0
@@ -106,7 +108,7 @@ class MLP(nn.Module):
             y = nn.Dropout(cfg.dropout, deterministic=not train)(activate(a, cfg.activation))
             h_BxF = h_BxF + y if skip else y
         logits = nn.Dense(
-            n_outputs(cfg.n_classes),
+            cfg.output_size,
             dtype=dtype,
             param_dtype=jnp.float32,
             kernel_init=nn.initializers.zeros,

@@ -22,6 +22,7 @@ from scalinglab.config import (
     format_validation_error,
     identity_dump,
     results_dump,
+    without_added_fields,
 )
 from scalinglab.sweep.config import SweepConfig, dotted_name
 
@@ -55,9 +56,10 @@ def trial_id(cfg: TrialConfig) -> str:
 
 
 def legacy_trial_id(cfg: TrialConfig) -> str:
-    """The id the first scheme gave `cfg` (the whole resolved config but the trackers), so a
-    sweep directory written before the cadence fields left the id is recognised, not retrained."""
-    return _digest(results_dump(cfg))
+    """The id the first scheme gave `cfg` (the whole resolved config but the trackers, and the
+    fields added since at their neutral value), so a sweep directory written before the cadence
+    fields left the id is recognised, not retrained."""
+    return _digest(without_added_fields(results_dump(cfg)))
 
 
 def _combos(sweep: SweepConfig) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from scalinglab.families.bert import MaskedLM, mlm_mask
 from scalinglab.families.classification import Classification
 from scalinglab.families.common import EVAL_MASK_KEY, Metrics, split_variables
 from scalinglab.families.gpt import NextToken
+from scalinglab.families.regression import Regression
 from scalinglab.families.t5 import SpanCorruption
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "MaskedLM",
     "Metrics",
     "NextToken",
+    "Regression",
     "SpanCorruption",
     "build_task",
     "mlm_mask",
