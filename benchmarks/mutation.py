@@ -52,7 +52,12 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "laws": ("analysis/laws.py", ["tests/test_laws.py", "tests/test_fit_laws.py"]),
     "intervals": ("analysis/intervals.py", ["tests/test_fit.py"]),
     "approach2": ("analysis/approach2.py", ["tests/test_fit_table.py"]),
-    "attention": ("models/attention.py", ["tests/test_attention.py"]),
+    # the attention kernels (what test_attention.py tests) and the Flax attention modules
+    "attention": ("models/kernels/attention.py", ["tests/test_attention.py"]),
+    "attention_modules": (
+        "models/attention.py",
+        ["tests/test_bert_t5.py", "tests/test_generate.py", "tests/test_models.py"],
+    ),
     "expand": ("sweep/expand.py", ["tests/test_sweep_expand.py", "tests/test_trial_ids.py"]),
     "checkpoint": (  # the tests that save, restore, refuse or recover checkpoints
         "train/checkpoint.py",
