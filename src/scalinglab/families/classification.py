@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from scalinglab.data.augment import Augment
-from scalinglab.families.common import Metrics, split_variables
+from scalinglab.families.common import Metrics, example_means, split_variables
 
 if TYPE_CHECKING:
     import flax.linen as nn
@@ -90,15 +90,5 @@ class Classification:
             loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B)
             pred_B = jnp.argmax(logits_BxK, axis=-1).astype(labels_B.dtype)
         correct_B = (pred_B == labels_B).astype(jnp.float32)
-        if "weight" not in batch:  # training batches hold only real examples
-            metrics = {"loss": loss_B.mean(), "accuracy": correct_B.mean()}
-            return metrics["loss"], (metrics, model_state)
-        # Validation: padding has weight 0; `examples` lets the evaluation weight each batch.
-        w_B = batch["weight"]
-        n = jnp.maximum(w_B.sum(), 1.0)
-        metrics = {
-            "loss": (w_B * loss_B).sum() / n,
-            "accuracy": (w_B * correct_B).sum() / n,
-            "examples": w_B.sum(),
-        }
+        metrics = example_means({"loss": loss_B, "accuracy": correct_B}, batch)
         return metrics["loss"], (metrics, model_state)

@@ -33,6 +33,17 @@ Metrics = dict[str, jax.Array]
 EVAL_MASK_KEY = 1234
 
 
+def example_means(per_example: dict[str, jax.Array], batch: dict[str, jax.Array]) -> Metrics:
+    """Each per-example value's mean over the batch. A training batch holds only real
+    examples; a validation batch carries `weight` (0 for padding), so its means are weighted
+    and `examples` (the real count) lets the evaluation weight each batch."""
+    if "weight" not in batch:
+        return {name: v.mean() for name, v in per_example.items()}
+    w_B = batch["weight"]
+    n = jnp.maximum(w_B.sum(), 1.0)
+    return {**{name: (w_B * v).sum() / n for name, v in per_example.items()}, "examples": w_B.sum()}
+
+
 def split_variables(variables: Any) -> tuple[Any, dict[str, Any]]:
     """Split flax variables into trained params and every other collection."""
     variables = dict(variables)

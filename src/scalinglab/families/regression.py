@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalinglab.families.common import Metrics, split_variables
+from scalinglab.families.common import Metrics, example_means, split_variables
 
 if TYPE_CHECKING:
     import flax.linen as nn
@@ -72,10 +72,5 @@ class Regression:
             model_state = {**model_state, **updates}
         err_B = out_Bx1.astype(jnp.float32)[:, 0] - y_B.astype(jnp.float32)
         sq_B = err_B * err_B
-        if "weight" not in batch:  # training batches hold only real examples
-            mse = sq_B.mean()
-            return mse, ({"loss": mse, "mse": mse}, model_state)
-        w_B = batch["weight"]
-        n = jnp.maximum(w_B.sum(), 1.0)
-        mse = (w_B * sq_B).sum() / n
-        return mse, ({"loss": mse, "mse": mse, "examples": w_B.sum()}, model_state)
+        metrics = example_means({"loss": sq_B, "mse": sq_B}, batch)
+        return metrics["loss"], (metrics, model_state)
