@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from scalinglab.sweep.cli import ExecutorOpt, RetryFailedOpt, SweepProgress, WorkersOpt
+
 experiment_app = typer.Typer(
     help="The studies of experiments/: each one command from question to figure.",
     no_args_is_help=True,
@@ -65,15 +67,9 @@ def run_cmd(
         bool, typer.Option("--smoke", help="The smallest setting: a few tiny trials, seconds.")
     ] = False,
     root: DirOpt = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Local worker processes.")
-    ] = None,
-    executor: Annotated[
-        str | None, typer.Option("--executor", help="local | ray | slurm (overrides the YAMLs).")
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Train failed trials again.")
-    ] = False,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    retry_failed: RetryFailedOpt = False,
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="JAX compilation cache (default OUT/.jax_cache)."),
@@ -89,14 +85,13 @@ def run_cmd(
     )
     from scalinglab.experiments.study import experiments_dir, find_study
     from scalinglab.sweep import SweepInterrupted
-    from scalinglab.sweep.cli import _SweepProgress
 
     study = find_study(experiments_dir(root), name)
     target = out_dir if out_dir is not None else default_out(study, smoke)
     planned = plan_sweeps(study, smoke, executor)  # every input error before anything prints
     load_analysis(study)
     err.print(f"[bold]{study.name}[/]: {study.question}", highlight=False)
-    bar = _SweepProgress()
+    bar = SweepProgress()
     try:
         with bar.bar:
             result = run_experiment(

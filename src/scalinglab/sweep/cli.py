@@ -57,6 +57,10 @@ OutOpt = Annotated[
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=1, help="Local worker processes (overrides YAML).")
 ]
+ExecutorOpt = Annotated[
+    str | None, typer.Option("--executor", help="local | ray | slurm (overrides YAML).")
+]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Train failed trials again.")]
 
 
 @sweep_app.command("plan")
@@ -130,7 +134,7 @@ def plan_cmd(
             )
 
 
-class _SweepProgress:
+class SweepProgress:
     """One overall bar (FLOPs done, ETA) and a line per busy worker."""
 
     def __init__(self) -> None:
@@ -210,12 +214,8 @@ def run_cmd(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML.")],
     out_dir: OutOpt = None,
     workers: WorkersOpt = None,
-    executor: Annotated[
-        str | None, typer.Option("--executor", help="local | ray | slurm (overrides YAML).")
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Train failed trials again.")
-    ] = False,
+    executor: ExecutorOpt = None,
+    retry_failed: RetryFailedOpt = False,
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="JAX compilation cache (default DIR/.jax_cache)."),
@@ -238,7 +238,7 @@ def run_cmd(
         data["executor"] = {"name": executor}
         sweep = sweep_from_dict(data, str(sweep_file))
     sweep_dir = _out_dir(out_dir, sweep.name)
-    bar = _SweepProgress()
+    bar = SweepProgress()
     try:
         with bar.bar:
             result = run_sweep(
