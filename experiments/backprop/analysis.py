@@ -39,7 +39,9 @@ def gradient_checks(sweep_dir: Path) -> dict[str, Any]:
         batch = g.probe_batch(cfg)
         toolkit = g.toolkit_grads(cfg, params, model_state, batch)
         hand = g.hand_grads_one_hidden_layer(params, batch, cfg.model.activation)
-        fd = g.directional_fd(cfg, params, model_state, batch, jax.random.PRNGKey(cfg.seed))
+        fd = g.directional_fd(
+            cfg, params, model_state, batch, jax.random.PRNGKey(cfg.seed), grads=toolkit
+        )
         checks[cfg.model.activation] = {
             "step": step,
             "examples": len(batch["label"]),

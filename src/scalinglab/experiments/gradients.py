@@ -93,19 +93,22 @@ def directional_fd(
     model_state: dict,
     batch: dict,
     key: jax.Array,
+    grads: Params | None = None,
     n_directions: int = 8,
     eps: float = 1e-2,
 ) -> list[dict[str, float]]:
     """Central finite differences of the loss along unit directions v of the whole parameter
     vector (the gradient's own direction, then `n_directions` random ones), against the
     toolkit's directional derivative <grad, v>; `grad_norm` is ||grad||, the scale to judge
-    an error by (a random direction's derivative can be near 0).
+    an error by (a random direction's derivative can be near 0). `grads` is `toolkit_grads`
+    at the same point when the caller has it already.
 
     The model computes in float32, so the step is large (1e-2 of a unit direction): truncation
     error O(eps^2) and rounding O(ulp(L) / eps) then both stay near 1e-5 of the loss scale.
     """
     loss = jax.jit(loss_fn(cfg))
-    grads = toolkit_grads(cfg, params, model_state, batch)
+    if grads is None:
+        grads = toolkit_grads(cfg, params, model_state, batch)
     leaves, tree = jax.tree_util.tree_flatten(params)
     g_leaves = jax.tree_util.tree_leaves(grads)
     norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in g_leaves)))
