@@ -157,7 +157,7 @@ def build_app(full: bool = True) -> typer.Typer:
     )
     app.callback()(_root)
     if full:
-        from scalinglab.data.tokenize import data_app
+        from scalinglab.data.cli import data_app
         from scalinglab.experiments.cli import experiment_app
         from scalinglab.models.cli import generate_cmd
         from scalinglab.sweep.cli import sweep_app
