@@ -66,6 +66,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
             "tests/test_train.py::test_corrupt_latest_checkpoint_falls_back",
             "tests/test_train.py::test_checkpoint_of_another_format_is_reported_not_deleted",
             "tests/test_hooks.py::test_checkpoint_saves_state_and_host_bookkeeping",
+            "tests/test_hooks.py::test_checkpoint_refuses_only_when_free_space_is_below_the_estimate",
             "tests/test_sweep_run.py::test_disk_full_fails_the_trial_in_one_line_and_loses_nothing",
         ],
     ),

@@ -160,6 +160,37 @@ def test_checkpoint_saves_state_and_host_bookkeeping(tmp_path: Path) -> None:
     assert hook.due(loop)  # a signal checkpoints at once
 
 
+def test_checkpoint_refuses_only_when_free_space_is_below_the_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save's space check: state bytes + 2% + 1 MiB, counted here by hand (a 4000-float
+    state: 16000 bytes). Exactly that much free saves; one byte less refuses, with both
+    figures in the message."""
+    import shutil
+    from collections import namedtuple
+
+    from scalinglab.errors import DiskFullError
+
+    manager = ckpt.open_manager(tmp_path / "ckpt", keep=3)
+    params = {"w": jnp.zeros(4000, jnp.float32)}
+    need = (4 + 16000) * 1.02 + 2**20  # the int32 step, then the float32 weights
+    usage = namedtuple("usage", "total used free")
+
+    def state(step: int) -> TrainState:
+        return TrainState(step=jnp.int32(step), params=params, opt_state={})
+
+    free = {"bytes": need}
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1 << 40, 0, free["bytes"]))
+    ckpt.save(manager, state(1), {})
+    assert manager.all_steps() == [1]
+    free["bytes"] = need - 1
+    with pytest.raises(DiskFullError) as err:
+        ckpt.save(manager, state(2), {})
+    assert f"needs about {need / 1e6:.1f} MB, {(need - 1) / 1e6:.1f} MB free" in str(err.value)
+    assert manager.all_steps() == [1]
+    manager.close()
+
+
 def test_interrupt_catches_the_signal_and_marks_the_run(tmp_path: Path) -> None:
     rd = RunDir(tmp_path)
     rd.start()

@@ -394,7 +394,7 @@ def test_paired_eval_noise_sees_through_shared_batch_difficulty() -> None:
 
 def test_an_orphaned_local_worker_takes_no_trial(tmp_path: Path) -> None:
     """A local worker whose runner died exits (143) at the next trial it is handed, before
-    locking or training it: queued work waits for the next runner."""
+    locking or training it, or in its initialiser: queued work waits for the next runner."""
     run_dir = tmp_path / "trial"
     code = (
         "from scalinglab.sweep import worker; worker._runner['pid'] = -1; "  # not our parent
@@ -403,6 +403,11 @@ def test_an_orphaned_local_worker_takes_no_trial(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 143, done.stderr
     assert not run_dir.exists()
+    # A worker that starts up after its runner died (re-parented before its initialiser ran)
+    # exits there, rather than taking the new parent for its runner and waiting forever.
+    code = "from scalinglab.sweep import worker; worker.init_local_worker(None, -1); print('up')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143 and "up" not in done.stdout, done.stderr
 
 
 def test_ctrl_c_once_stops_cleanly_and_twice_at_once(tmp_path: Path, cache: Path) -> None:

@@ -180,9 +180,12 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path: Path) -> None:
         run_trial(cfg, tmp_path, progress=stop)
     latest = tmp_path / rf.CHECKPOINTS / "30"
     assert latest.is_dir()
-    for f in latest.rglob("*"):
+    # The train state is garbage, the host JSON (which carries the format) still reads: a
+    # corrupt checkpoint of this version, not an old format.
+    for f in (latest / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
+    assert json.loads((latest / "host" / "metadata").read_text())["format"] >= 1
     seen: list[int] = []
     with pytest.warns(RuntimeWarning, match="step 30 is unreadable"):
         summary = run_trial(cfg, tmp_path, progress=lambda ev: seen.append(ev.get("step", 0)))

@@ -109,7 +109,7 @@ class LocalExecutor(Executor):
             max_workers=self.workers,
             mp_context=ctx,
             initializer=init_local_worker,
-            initargs=(self._stop,),
+            initargs=(self._stop, os.getpid()),
         )
 
     def submit(self, specs: list[Spec]) -> None:

@@ -160,15 +160,18 @@ def execute_trial(spec: Spec) -> Outcome:
     return out
 
 
-def init_local_worker(stop: Any = None) -> None:
-    """Initialiser of a local pool process: ignore Ctrl-C, die with the runner, and start no
-    trial once ``stop`` (the pool's multiprocessing Event) is set."""
+def init_local_worker(stop: Any = None, runner_pid: int | None = None) -> None:
+    """Initialiser of a local pool process: ignore Ctrl-C, die with the runner (`runner_pid`,
+    the process that made the pool), and start no trial once ``stop`` (the pool's
+    multiprocessing Event) is set."""
     if stop is not None:
         _stopping["event"] = stop
     # Ctrl-C reaches every process of the terminal's group: idle workers ignore it, and a
     # training worker's run_trial installs its own handler (checkpoint, then stop).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _runner["pid"] = os.getppid()
+    # The runner's pid comes from the runner: a worker still starting up when the runner died
+    # is already re-parented, and its getppid() would name the new parent instead.
+    _runner["pid"] = os.getppid() if runner_pid is None else runner_pid
     if sys.platform.startswith("linux"):
         # Die with the runner (kill -9 included): a SIGTERM makes run_trial checkpoint and
         # stop, so an orphan never keeps a trial locked while a new runner resumes the sweep.
@@ -178,3 +181,6 @@ def init_local_worker(stop: Any = None) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    # The death signal only covers a runner that dies from now on; one already gone is seen
+    # here, before this worker can take a queued trial.
+    _exit_if_orphaned()
