@@ -327,19 +327,19 @@ def _fit_fixed_batch(cfg_overrides: dict, steps: int = 25) -> tuple[float, float
     return losses[0], losses[-1]
 
 
-@pytest.mark.parametrize(
-    "activation", ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "swiglu"]
-)
-def test_each_activation_trains(activation: str) -> None:
+# Each activation's values are checked against its closed form (test_models.py) and autodiff
+# differentiates them all alike; these three cover the code paths a train step takes: a
+# saturating elementwise one, a smooth one, and the gated MLP of swiglu.
+@pytest.mark.parametrize("activation", ["sigmoid", "gelu", "swiglu"])
+def test_each_activation_path_trains(activation: str) -> None:
     first, last = _fit_fixed_batch({"model.activation": activation})
     assert last < 0.8 * first, (first, last)
 
 
-@pytest.mark.parametrize(
-    ("name", "lr"),
-    [("sgd", 1.0), ("momentum", 0.3), ("adam", 1e-2), ("adamw", 1e-2), ("adafactor", 1e-2)],
-)
-def test_each_optimizer_trains_the_gpt(name: str, lr: float) -> None:
+# The update rules are checked step by step against hand computations (test_optim.py);
+# these train the GPT end to end with the plain, the momentum and the factored optimiser.
+@pytest.mark.parametrize(("name", "lr"), [("sgd", 1.0), ("momentum", 0.3), ("adafactor", 1e-2)])
+def test_optimizers_train_the_gpt(name: str, lr: float) -> None:
     first, last = _fit_fixed_batch({"optimizer.name": name, "optimizer.lr": lr})
     assert last < 0.8 * first, (first, last)
 
