@@ -191,6 +191,18 @@ def in_process(X: np.ndarray, y: np.ndarray, grid: np.ndarray, bootstrap: int) -
             times.append(time.perf_counter() - t0)
         out[f"{key}_first_s"], out[f"{key}_repeat_s"] = times
         out["objective"] = fit.loss
+    # What pruning the starts saves: objective evaluations of the main fit, all starts run to
+    # the end against the default (the best `keep_starts` go on after the first chunk).
+    from scalinglab.analysis.laws import CHINCHILLA
+    from scalinglab.analysis.multistart import multistart
+    from scalinglab.analysis.options import FitOptions
+
+    keep = FitOptions().keep_starts
+    for name, k in (("all", None), ("pruned", keep)):
+        res = multistart(CHINCHILLA, np.log(X), np.log(y), grid, keep=k)
+        out[f"evals_{name}"] = int(res["n_eval"].sum())
+        out[f"best_{name}"] = float(np.nanmin(res["value"]))
+    out["keep_starts"] = keep
     return out
 
 
@@ -315,6 +327,12 @@ def report(r: dict[str, Any]) -> str:
             f"in process (`fit_chinchilla`): fit {p['fit_first_s']:.2f} s first call,"
             f" {p['fit_repeat_s']:.2f} s repeat; with {r['bootstrap']} bootstrap"
             f" {p['fit_bootstrap_first_s']:.2f} s first, {p['fit_bootstrap_repeat_s']:.2f} s repeat"
+        )
+        rel = abs(p["best_pruned"] - p["best_all"]) / abs(p["best_all"])
+        rows.append(
+            f"objective evaluations of the main fit: every start to the end {p['evals_all']:,};"
+            f" the best {p['keep_starts']} going on after the first chunk {p['evals_pruned']:,}"
+            f" (best objective relative difference {rel:.1e})"
         )
     return "\n".join(rows)
 

@@ -260,3 +260,47 @@ def test_interval_tails_and_their_bounds() -> None:
     for bad in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="confidence"):
             tails(bad)
+
+
+def test_pruned_multistart_goes_on_with_exactly_the_best_starts(monkeypatch):
+    """``keep``: after the first chunk the ``keep`` running starts of lowest objective go on
+    (the same trajectories as without pruning) and the rest stop where they were. The
+    reference state after one chunk comes from the L-BFGS primitives, not the driver. With a
+    row of weights per start (bootstrap) nothing is pruned."""
+    from scalinglab.analysis.lbfgs import PRUNED, RUNNING, lbfgs_init, lbfgs_run
+
+    df = chinchilla_table(noise=0.01)
+    logX = np.log(np.stack([df["N"], df["D"]], axis=1))
+    logy = np.log(df["loss"].to_numpy())
+    starts, width, chunk, keep = SMALL_GRID, 128, 7, 10
+    monkeypatch.setattr(multistart_mod, "CHUNK_PASSES", chunk)
+    monkeypatch.setattr(multistart_mod, "LANES", width)
+    monkeypatch.setattr(multistart_mod, "NARROW", width)
+    full = F.multistart(laws.CHINCHILLA, logX, logy, starts)
+    pruned = F.multistart(laws.CHINCHILLA, logX, logy, starts, keep=keep)
+
+    padded = np.concatenate([starts, np.repeat(starts[:1], width - len(starts), axis=0)])
+    with jax.enable_x64(True):
+        fun = lambda x, *a: F.objective(x, *a, law=laws.CHINCHILLA)  # noqa: E731
+        args = (jnp.asarray(logX), jnp.asarray(logy))
+
+        def one_chunk(x0, w):
+            state = lbfgs_init(fun, x0, *args, w, F.DEFAULT_DELTA)
+            return lbfgs_run(fun, state, *args, w, F.DEFAULT_DELTA, max_passes=chunk)
+
+        after = jax.vmap(one_chunk)(jnp.asarray(padded), jnp.ones((width, len(logy))))
+    n = len(starts)
+    f1, running = np.asarray(after.f)[:n], np.asarray(after.status)[:n] == RUNNING
+    assert running.sum() > keep  # the test prunes something
+    order = np.flatnonzero(running)[np.argsort(f1[running], kind="stable")]
+    went_on, stopped = order[:keep], order[keep:]
+    assert set(np.flatnonzero(pruned["status"] == PRUNED)) == set(stopped)
+    np.testing.assert_allclose(pruned["value"][stopped], f1[stopped], rtol=1e-12)
+    np.testing.assert_allclose(pruned["value"][went_on], full["value"][went_on], rtol=1e-12)
+    done = ~running  # finished within the first chunk: untouched
+    np.testing.assert_allclose(pruned["value"][done], full["value"][done], rtol=1e-12)
+    assert pruned["value"].min() == pytest.approx(full["value"].min(), rel=1e-12)
+
+    rows = np.ones((n, len(logy)))  # one row of weights per start: values not comparable
+    boot = F.multistart(laws.CHINCHILLA, logX, logy, starts, weights=rows, keep=keep)
+    assert not np.any(boot["status"] == PRUNED)

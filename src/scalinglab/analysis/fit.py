@@ -121,7 +121,7 @@ def fit_law(
     input_warnings = check_points(X, y, law.inputs, law.n_params, law.name)
     logX, logy = np.log(X), np.log(y)
     grid = opts.grid(law.start_grid())
-    res = multistart(law, logX, logy, grid, **opts.solver())
+    res = multistart(law, logX, logy, grid, keep=opts.keep_starts, **opts.solver())
     values = np.where(np.isfinite(res["value"]), res["value"], np.inf)
     best = int(np.argmin(values))
     raw = res["x"][best]

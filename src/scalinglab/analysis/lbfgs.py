@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 RUNNING, GTOL, FTOL, MAX_ITER, LS_FAIL = -1, 0, 1, 2, 3
+PRUNED = 4  # set by the multi-start driver: stopped early, not among the best starts
 C1, C2 = 1e-4, 0.9  # weak Wolfe: sufficient decrease, curvature
 EXTRAPOLATE = 4.0  # step growth while the step is too short and nothing bracketed
 STATUS_TEXT = {
@@ -32,6 +33,7 @@ STATUS_TEXT = {
     FTOL: "converged (relative decrease below ftol)",
     MAX_ITER: "stopped at max_iter",
     LS_FAIL: "stopped: line search made no progress",
+    PRUNED: "stopped early: not among the best starts after the first passes",
 }
 
 

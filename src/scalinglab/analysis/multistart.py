@@ -144,6 +144,7 @@ def multistart(
     max_iter: int = 500,
     gtol: float = 1e-9,
     ftol: float = 1e-13,
+    keep: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Minimise the objective from each start; numpy arrays with a leading start axis.
 
@@ -154,6 +155,12 @@ def multistart(
     aside, so the work follows the typical start rather than the slowest. Each start
     follows the same trajectory as in one long loop, up to floating-point rounding (the
     vectorised width changes). The bookkeeping between chunks is numpy on the host.
+
+    ``keep``: after the first chunk, only the ``keep`` running starts with the lowest
+    objective go on; the others stop with status ``PRUNED`` (their value is where they
+    stopped). L-BFGS only ever lowers a start's objective, so the best start is always one
+    that went on. Only for one shared objective (1-D ``weights``): with a row of weights per
+    start the values are not comparable.
     """
     with jax.enable_x64(True):
         starts = np.asarray(starts, np.float64)
@@ -179,6 +186,7 @@ def multistart(
             ):
                 leaf_full[idx] = leaf[: idx.size]
         active = np.flatnonzero(full.status == _lbfgs.RUNNING)
+        prune = keep is not None and (weights is None or np.ndim(weights) == 1)
         while active.size:
             for lo in range(0, active.size, LANES):
                 idx = active[lo : lo + LANES]
@@ -202,6 +210,11 @@ def multistart(
                 ):
                     leaf_full[idx] = leaf_sub[: idx.size]
             active = active[full.status[active] == _lbfgs.RUNNING]
+            if prune and active.size > keep:
+                order = active[np.argsort(full.f[active], kind="stable")]
+                full.status[order[keep:]] = _lbfgs.PRUNED
+                active = np.sort(order[:keep])
+            prune = False
         return {
             "x": full.x,
             "value": full.f,
