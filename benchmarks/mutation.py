@@ -242,13 +242,26 @@ def main() -> None:
         type=Path,
         help="a previous --json: run only its survivors again (after new tests were added)",
     )
+    ap.add_argument(
+        "--outcome",
+        default="survived",
+        choices=["survived", "timeout"],
+        help="with --survivors: which mutants of that run to run again (timeout: those that"
+        " ran past the timeout, e.g. because of other load; give a larger --timeout-scale)",
+    )
+    ap.add_argument(
+        "--timeout-scale",
+        type=float,
+        default=3.0,
+        help="a mutant's timeout: this times the unmutated run, plus 30 s",
+    )
     args = ap.parse_args()
     again = None
     if args.survivors:
         again = {
             (m["module"], m["index"])
             for m in json.loads(args.survivors.read_text())
-            if m["outcome"] == "survived"
+            if m["outcome"] == args.outcome
         }
 
     names = args.target or sorted(TARGETS)
@@ -264,14 +277,16 @@ def main() -> None:
             mutants = sorted(rng.sample(mutants, args.sample), key=lambda m: m.index)
         plan += mutants
 
-    # Each module's unmutated tests must pass; their time sets the timeout (3x + 30 s).
+    # Each module's unmutated tests must pass; their time sets the timeout (3x + 30 s by
+    # default). A timeout counts as a kill (a mutant that loops forever), so under other load
+    # re-run the timeouts with --survivors RUN.json --outcome timeout --timeout-scale 8.
     timeouts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             rc, seconds = _pytest(ROOT / "src", TARGETS[name][1], timeout=1800)
             if rc != 0:
                 sys.exit(f"{name}: its tests fail without any mutant; fix them first")
-            timeouts[name] = 3 * seconds + 30
+            timeouts[name] = args.timeout_scale * seconds + 30
         free: queue.Queue[Path] = queue.Queue()  # one private src/ copy per running job
         for i in range(args.jobs):
             free.put(Path(tmp) / f"w{i}")
