@@ -46,6 +46,13 @@ EXPECTED: dict[str, set[str]] = {
     "regularisation": {"beta", "weight_decay_effect", "mean_loss"},
     "backprop": {"gradient_checks", "depth_slopes"},
     "depth-and-residuals": {"trials", "residual_vs_plain"},
+    "attention": {
+        "loss_vs_heads",
+        "in_context_loss",
+        "specialised_heads",
+        "entropy_rate_nats",
+        "trials",
+    },
     "universal-approximation": {
         "alpha",
         "curves",

@@ -145,7 +145,8 @@ def _perturb(value: Any, allowed: tuple | None) -> list[Any]:
 
 
 def test_any_config_change_changes_the_id() -> None:
-    from scalinglab.config import CADENCE_FIELDS, identity_dump, set_dotted
+    from scalinglab.config import set_dotted
+    from scalinglab.identity import CADENCE_FIELDS, identity_dump
 
     base = TrialConfig.model_validate(BASE)
     base_id = trial_id(base)

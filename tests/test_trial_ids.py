@@ -15,8 +15,9 @@ import pytest
 
 from conftest import tiny_trial
 from scalinglab import runfiles as rf
-from scalinglab.config import ADDED_FIELDS, results_dump, trial_from_dict
+from scalinglab.config import trial_from_dict
 from scalinglab.families import REGISTRY
+from scalinglab.identity import ADDED_FIELDS, results_dump
 from scalinglab.sweep.expand import legacy_trial_id, trial_id
 from scalinglab.sweep.store import flatten
 from scalinglab.train import run_trial
@@ -187,7 +188,7 @@ def test_new_fields_are_registered_with_a_neutral_value() -> None:
         return any(".".join(parts[:k]) in ADDED_FIELDS for k in range(1, len(parts) + 1))
 
     unregistered = {f for f in added if not registered(f)}
-    assert not unregistered, f"add to config.ADDED_FIELDS: {sorted(unregistered)}"
+    assert not unregistered, f"add to identity.ADDED_FIELDS: {sorted(unregistered)}"
     # The file stays the v2 record; a field added since is guarded by its ADDED_FIELDS entry,
     # which must name a field the schema still has (removing it changes ids of configs using it).
     leaves = {f.split(":")[-1] for f in now}

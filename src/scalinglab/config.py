@@ -41,7 +41,7 @@ AnyModelConfig = Annotated[
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
 
 # The data sources each data kind (`Family.data_kinds`) covers.
-TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic")
+TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic", "induction")
 IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
 REGRESSION_SOURCES: tuple[str, ...] = ("functions",)
 DATA_KIND_SOURCES: dict[str, tuple[str, ...]] = {
@@ -81,6 +81,17 @@ class SyntheticConfig(Strict):
     zipf_exponent: float = Field(1.1, gt=0.0)  # how skewed those choices are
     n_tokens: int = Field(2_000_000, ge=1024)
     seed: int = 0  # the language (its transition table); the trial seed only orders batches
+
+
+class InductionConfig(Strict):
+    """Episodes of distinct random tokens, echoes and a repeat (`scalinglab.data.induction`)."""
+
+    vocab_size: int = Field(32, ge=4, le=65535)  # content tokens + the BOS and ECHO markers
+    min_run: int = Field(4, ge=1)  # run length m, uniform on [min_run, max_run]
+    max_run: int = Field(8, ge=1)
+    echo_prob: float = Field(0.25, ge=0.0, le=1.0)  # a run token followed by ECHO and itself
+    n_tokens: int = Field(2_000_000, ge=1024)
+    seed: int = 0
 
 
 class AugmentConfig(Strict):
@@ -133,14 +144,15 @@ class DataConfig(Strict):
     there; any other value is an error), so `batch_size * seq_len` counts examples everywhere.
     """
 
-    source: Literal["stdlib", "text", "tokens", "synthetic", "digits", "shapes", "functions"] = (
-        "stdlib"
-    )
+    source: Literal[
+        "stdlib", "text", "tokens", "synthetic", "induction", "digits", "shapes", "functions"
+    ] = "stdlib"
     seq_len: int = Field(64, ge=1)
     path: str | None = None
     val_frac: float = Field(0.02, gt=0.0, lt=0.5)
     max_tokens: int | None = Field(None, ge=1)  # cap on the corpus read (stdlib/text)
     synthetic: SyntheticConfig = SyntheticConfig()
+    induction: InductionConfig = InductionConfig()
     augment: AugmentConfig = AugmentConfig()
     shapes: ShapesConfig = ShapesConfig()
     # Image and regression sources: train on only the first n examples of the fixed train
@@ -280,7 +292,7 @@ class TrainConfig(Strict):
     # A train loss above divergence_factor * (initial loss) counts as a blow-up.
     divergence_factor: float = Field(3.0, gt=1.0)
     # Where metrics go besides metrics.jsonl (always written); observation only, so trial ids
-    # leave it out (see OBSERVATION_FIELDS).
+    # leave it out (see `scalinglab.identity.OBSERVATION_FIELDS`).
     trackers: list[str] = ["jsonl"]
 
     @field_validator("trackers")
@@ -291,58 +303,6 @@ class TrainConfig(Strict):
             if name not in allowed:
                 raise ValueError(f"unknown tracker {name!r}; allowed: {', '.join(allowed)}")
         return list(dict.fromkeys(["jsonl", *names]))  # jsonl is always on
-
-
-# Config fields that change how a run is observed, never what it computes: trial ids and the
-# "same trial?" check of a run directory leave them out.
-OBSERVATION_FIELDS: dict[str, Any] = {"train": {"trackers"}}
-
-
-# How often a run logs, evaluates and checkpoints, and how many checkpoints it keeps: the steps
-# are the same jitted steps on the same batches whatever these are, so the losses are equal
-# (tests/test_trial_ids.py trains both ways). Evaluation cadence counts only with early
-# stopping, which decides at evaluations when training ends.
-CADENCE_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every")
-
-# Fields added to the trial schema after the id scheme (v2) was fixed, each with the value that
-# computes exactly what the config computed before the field existed. A config at that value
-# leaves the field out of its identity, so adding a field never changes existing ids. Adding a
-# field without an entry here fails tests/test_trial_ids.py. A whole sub-config may be one entry,
-# its neutral value the sub-config's default dump.
-ADDED_FIELDS: dict[str, Any] = {
-    "data.functions": FunctionsConfig().model_dump(mode="json"),  # the regression source
-    "model.n_inputs": None,  # mlp: input features of a regression source
-}
-
-
-def results_dump(cfg: TrialConfig) -> dict[str, Any]:
-    """The config as JSON without OBSERVATION_FIELDS: what determines a trial's results."""
-    return cfg.model_dump(mode="json", exclude=OBSERVATION_FIELDS)
-
-
-def identity_dump(cfg: TrialConfig) -> dict[str, Any]:
-    """What makes two configs the same trial: `results_dump` without the cadence fields and
-    without ADDED_FIELDS left at their neutral value. Trial ids hash it, and a run directory
-    whose config differs only outside it is the same trial."""
-    out = without_added_fields(results_dump(cfg))
-    train = out["train"]
-    for name in CADENCE_FIELDS:
-        if name != "eval_every" or train.get("early_stopping") is None:
-            train.pop(name, None)
-    return out
-
-
-def without_added_fields(dump: dict[str, Any]) -> dict[str, Any]:
-    """`dump` (a config as JSON) without the ADDED_FIELDS that hold their neutral value: what
-    the config was before those fields existed, so every id scheme hashes it unchanged."""
-    for dotted, neutral in ADDED_FIELDS.items():
-        *parents, leaf = dotted.split(".")
-        node: Any = dump
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
-            del node[leaf]
-    return dump
 
 
 class TrialConfig(Strict):

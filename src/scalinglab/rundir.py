@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from scalinglab import runfiles as rf
-from scalinglab.config import TrialConfig, dump_trial, identity_dump
+from scalinglab.config import TrialConfig, dump_trial
 from scalinglab.errors import DiskFullError, RunDirError, TrialError
+from scalinglab.identity import identity_dump
 
 FINISHED = ("done", "diverged", "stopped_early")
 STATUSES = ("pending", "running", "failed", "interrupted", *FINISHED)

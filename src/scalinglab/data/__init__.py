@@ -16,6 +16,7 @@ from scalinglab.data.batches import Corpus, DataError, Dataset, sha256_of, split
 from scalinglab.data.examples import ExampleDataset
 from scalinglab.data.functions import FunctionDataset, function_values, functions_dataset
 from scalinglab.data.images import ImageDataset, digits_dataset, shapes_dataset
+from scalinglab.data.induction import induction_corpus
 from scalinglab.data.synthetic import MarkovLanguage, make_language, synthetic_corpus
 from scalinglab.data.text import decode, encode, stdlib_corpus, text_corpus, token_corpus
 
@@ -24,6 +25,7 @@ SOURCES: dict[str, Callable[[DataConfig], Corpus]] = {
     "text": text_corpus,
     "tokens": token_corpus,
     "synthetic": synthetic_corpus,
+    "induction": induction_corpus,
 }
 IMAGE_BUILDERS: dict[str, Callable[[DataConfig], ImageDataset]] = {
     "digits": digits_dataset,

@@ -16,14 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scalinglab.config import (
-    ConfigError,
-    TrialConfig,
-    format_validation_error,
-    identity_dump,
-    results_dump,
-    without_added_fields,
-)
+from scalinglab.config import ConfigError, TrialConfig, format_validation_error
+from scalinglab.identity import identity_dump, results_dump, without_added_fields
 from scalinglab.sweep.config import SweepConfig, dotted_name
 
 BUDGET_KEY = "train.budget.flops"  # the swept key an IsoFLOP budget sets
@@ -50,7 +44,7 @@ def trial_id(cfg: TrialConfig) -> str:
     id across runs, Python versions and sweeps, so an edited sweep re-trains only what is new.
     Fields that cannot change the losses are left out: the trackers (where metrics go), the
     log/eval/checkpoint cadence, and fields added to the schema later while at their neutral
-    value (`config.ADDED_FIELDS`).
+    value (`identity.ADDED_FIELDS`).
     """
     return _digest(identity_dump(cfg))
 
