@@ -46,6 +46,8 @@ EXPECTED: dict[str, set[str]] = {
     "regularisation": {"beta", "weight_decay_effect", "mean_loss"},
     "backprop": {"gradient_checks", "depth_slopes"},
     "depth-and-residuals": {"trials", "residual_vs_plain"},
+    "adversarial": {"clean_check", "trend", "accuracy", "epsilons"},
+    "quantization": {"clean_check", "trend", "memory"},
     "attention": {
         "loss_vs_heads",
         "in_context_loss",
@@ -157,6 +159,10 @@ def test_smoke_run(name: str, tmp_path: Path, pool: Any, cache: Path) -> None:
         for check in findings["gradient_checks"].values():
             assert check["hand_chain_rule_max_relative_error"] < 1e-5
             assert check["finite_difference_max_error_over_grad_norm"] < 1e-3
+    if name == "adversarial":  # the attacks' model at epsilon 0 is the trained one
+        assert findings["clean_check"]["max_abs_loss_diff"] < 1e-6
+    if name == "quantization":  # and so is the quantisation's at float32
+        assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
     if name == "depth-and-residuals":  # every trial, with the loss its summary recorded
         got = {t["trial_id"]: t["final_eval_loss"] for t in findings["trials"]}
         want = {
