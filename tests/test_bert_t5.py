@@ -4,6 +4,7 @@ parameter and FLOP counts, training through the real train step, and an end-to-e
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -130,6 +131,42 @@ def test_relative_position_buckets() -> None:
     causal = relative_position_bucket(rel, bidirectional=False)
     assert causal.tolist()[:4] == [0, 1, 7, 8] and causal[6] == 31
     assert causal.tolist()[8:] == [0, 0, 0]  # future keys share bucket 0 (masked anyway)
+
+
+def _reference_bucket(rel: int, bidirectional: bool, num_buckets: int = 32) -> int:
+    """Mesh-tf's `_relative_position_bucket` (as Hugging Face ports it), one scalar at a time,
+    with T5's constants: 32 buckets, max distance 128."""
+    ret, n = 0, -rel
+    if bidirectional:
+        num_buckets //= 2
+        ret += num_buckets if n < 0 else 0
+        n = abs(n)
+    else:
+        n = max(n, 0)
+    max_exact = num_buckets // 2
+    if n < max_exact:
+        return ret + n
+    val = max_exact + int(
+        math.log(n / max_exact) / math.log(128 / max_exact) * (num_buckets - max_exact)
+    )
+    return ret + min(val, num_buckets - 1)
+
+
+def test_relative_position_buckets_equal_the_reference_and_the_bias_reads_them() -> None:
+    """Every offset from -300 to 300 (past T5's max distance of 128) in both directions; the
+    bias module, at its defaults, reads the table at those buckets for 140 positions."""
+    rel = np.arange(-300, 301)
+    for bidirectional in (True, False):
+        want = [_reference_bucket(int(r), bidirectional) for r in rel]
+        assert relative_position_bucket(rel, bidirectional=bidirectional).tolist() == want
+    from scalinglab.models.attention import RelativePositionBias
+
+    table = np.random.default_rng(0).normal(size=(32, 2)).astype(np.float32)
+    rpb = RelativePositionBias(n_head=2, bidirectional=True)
+    bias_HxTxS = np.asarray(rpb.apply({"params": {"embedding": table}}, 140, 140))
+    offsets = np.arange(140)[None, :] - np.arange(140)[:, None]
+    buckets = np.vectorize(lambda r: _reference_bucket(int(r), True))(offsets)
+    np.testing.assert_array_equal(bias_HxTxS, np.transpose(table[buckets], (2, 0, 1)))
 
 
 def test_relative_bias_is_one_table_per_stack_and_depends_on_offset_only() -> None:
