@@ -48,6 +48,8 @@ EXPECTED: dict[str, set[str]] = {
     "depth-and-residuals": {"trials", "residual_vs_plain"},
     "adversarial": {"clean_check", "trend", "accuracy", "epsilons"},
     "quantization": {"clean_check", "trend", "memory"},
+    "pruning": {"clean_check", "sparsity_check", "fine_tune", "loss_change", "max_sparsity"},
+    "kv-cache": {"equal_outputs", "sizes", "speedup_vs_size", "load"},
     "attention": {
         "loss_vs_heads",
         "in_context_loss",
@@ -163,6 +165,12 @@ def test_smoke_run(name: str, tmp_path: Path, pool: Any, cache: Path) -> None:
         assert findings["clean_check"]["max_abs_loss_diff"] < 1e-6
     if name == "quantization":  # and so is the quantisation's at float32
         assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
+    if name == "pruning":  # sparsity 0 is the trained model, and the sparsity is as asked
+        assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
+        assert findings["sparsity_check"]["max_weights_off"] <= 0.5 + 1e-9
+    if name == "kv-cache":  # the cached and the full forward pass generate the same tokens
+        assert findings["equal_outputs"]["all_same"]
+        assert findings["equal_outputs"]["max_abs_logit_diff"] < 1e-5
     if name == "depth-and-residuals":  # every trial, with the loss its summary recorded
         got = {t["trial_id"]: t["final_eval_loss"] for t in findings["trials"]}
         want = {
