@@ -51,7 +51,9 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "optim": ("optim.py", ["tests/test_optim.py"]),
     "laws": ("analysis/laws.py", ["tests/test_laws.py", "tests/test_fit_laws.py"]),
     "intervals": ("analysis/intervals.py", ["tests/test_fit.py"]),
-    "approach2": ("analysis/approach2.py", ["tests/test_fit_table.py"]),
+    "approach2": ("analysis/approach2.py", ["tests/test_optimal.py"]),
+    "agreement": ("analysis/agreement.py", ["tests/test_optimal.py"]),
+    "multistart": ("analysis/multistart.py", ["tests/test_fit.py"]),
     # the attention kernels (what test_attention.py tests) and the Flax attention modules
     "attention": ("models/kernels/attention.py", ["tests/test_attention.py"]),
     "attention_modules": (

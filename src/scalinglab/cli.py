@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -120,6 +121,7 @@ def train(
         with bar.bar:
             summary = run_trial(cfg, out, progress=bar)
     except TrialInterrupted as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while shutting down
         err.print(f"[yellow]{e}[/]; re-run the same command to resume")
         raise typer.Exit(130) from None
     loss = summary.get("final_eval_loss")

@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from scalinglab.sweep.cli import ExecutorOpt, RetryFailedOpt, SweepProgress, WorkersOpt
+from scalinglab.sweep.cli import (
+    ExecutorOpt,
+    RetryFailedOpt,
+    SweepProgress,
+    WorkersOpt,
+    exit_interrupted,
+)
 
 experiment_app = typer.Typer(
     help="The studies of experiments/: each one command from question to figure.",
@@ -106,8 +112,7 @@ def run_cmd(
                 planned=planned,
             )
     except SweepInterrupted as e:
-        err.print(f"[yellow]{e}[/]; re-run the same command to resume")
-        raise typer.Exit(130) from None
+        exit_interrupted(e)
     n = sum(len(r.outcomes) for r in result.sweeps.values())
     failed = result.count("failed")
     err.print(

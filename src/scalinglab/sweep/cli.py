@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,14 @@ sweep_app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # tables are not cut in logs
+
+
+def exit_interrupted(e: Exception) -> None:
+    """Leave after a Ctrl-C'd sweep with status 130. Further Ctrl-C are ignored from here on:
+    one arriving while the process shuts down would otherwise kill it by the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    err.print(f"[yellow]{e}[/]; re-run the same command to resume")
+    raise typer.Exit(130) from None
 
 
 def _fmt_s(s: float | None) -> str:
@@ -252,8 +261,7 @@ def run_cmd(
                 progress=bar,
             )
     except SweepInterrupted as e:
-        err.print(f"[yellow]{e}[/]; re-run the same command to resume")
-        raise typer.Exit(130) from None
+        exit_interrupted(e)
     counts = {s: result.count(s) for s in ("done", "diverged", "stopped_early", "failed")}
     err.print(
         f"{len(result.outcomes)} trials: "
