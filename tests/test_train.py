@@ -138,7 +138,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ref
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+# SIGKILL of a training process is also covered, with exact records after the resume, by
+# test_sweep_run.py's kill -9 test and the fault-load test; the default run keeps SIGTERM here.
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM]
+)
 def test_killed_process_resumes_exactly(tmp_path: Path, sig: int, uninterrupted: Path) -> None:
     """A real `scalinglab train` killed mid-run, then re-run, matches an uninterrupted run."""
     args, ref, run = KILL_ARGS, uninterrupted, tmp_path / "run"
