@@ -304,3 +304,25 @@ def test_pruned_multistart_goes_on_with_exactly_the_best_starts(monkeypatch):
     rows = np.ones((n, len(logy)))  # one row of weights per start: values not comparable
     boot = F.multistart(laws.CHINCHILLA, logX, logy, starts, weights=rows, keep=keep)
     assert not np.any(boot["status"] == PRUNED)
+
+
+def test_converged_counts_a_line_search_stop_only_at_a_tiny_gradient():
+    """What counts as converged, by its definition: gtol and ftol stops always; a failed
+    line search only with the gradient below 1e-6 (rounding at the optimum); never max_iter
+    or a pruned start, whatever the gradient."""
+    from scalinglab.analysis.lbfgs import FTOL, LS_FAIL, MAX_ITER, PRUNED
+
+    conv = multistart_mod.converged
+    assert conv(GTOL, 1.0) and conv(FTOL, 1.0)
+    assert conv(LS_FAIL, 1e-9) and not conv(LS_FAIL, 1e-3)
+    assert not conv(MAX_ITER, 1e-9) and not conv(PRUNED, 1e-9)
+
+
+def test_distinct_best_skips_optima_within_a_relative_1e6():
+    """The refit starts: the k lowest values, skipping any within 1e-6 (relative) of one
+    already picked. At values near 1e-3 a relative and an absolute threshold differ."""
+    xs = np.arange(6.0)[:, None]
+    values = np.array([2e-3, 1e-3, 1e-3 * (1 + 1e-7), 1.0005e-3, np.inf, 3e-3])
+    got = multistart_mod.distinct_best(xs, values, 3)
+    np.testing.assert_array_equal(got[:, 0], [1.0, 3.0, 0.0])  # 1e-3, 1.0005e-3, 2e-3
+    assert len(multistart_mod.distinct_best(xs, values, 10)) == 4  # inf never picked

@@ -157,6 +157,12 @@ def test_approach2_needs_two_usable_budgets():
     assert not ap.ok and "fewer than two" in ap.flags[-1]
     two_sizes = O.approach2(parabola_sweep([1e16, 1e17], n=2))
     assert not two_sizes.ok and any("only 2 model size" in f for f in two_sizes.flags)
+    # Three sizes are enough (a parabola's three coefficients): the minimum sits on the
+    # middle one, exactly N* = 0.1 C^0.5 here, so the exponent is 0.5.
+    runs = parabola_sweep([1e16, 1e17, 1e18], n=3, width=(0.5, 2.0))
+    three = O.approach2(runs, bootstrap=0, method="parabola")
+    assert three.ok and not any("model size" in f for f in three.flags), three.flags
+    assert three.a == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError, match="method"):
         O.approach2(parabola_sweep([1e16, 1e17]), method="spline")
 
