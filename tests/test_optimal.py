@@ -346,3 +346,31 @@ def test_approach1_and_the_fit_share_their_resamples():
     env = O.envelope(df.iloc[pick])
     want = np.polyfit(np.log(env["C"]), np.log(env["N"]), 1)[0]
     assert aps[1].column("a")[4] == pytest.approx(want, rel=1e-9)
+
+
+def test_residual_noise_is_pooled_over_budgets_with_n_minus_3_dof_each():
+    """Without seeds or an se column, the noise of log loss is the residual scale about a
+    quadratic in log N per budget, pooled: here 5 budgets of 9 sizes, 5 x (9 - 3) = 30
+    degrees of freedom, computed by hand with numpy."""
+    from scalinglab.analysis.approach2 import group_budgets, noise_level
+
+    df = chinchilla_sweep(noise=0.002, seed=3)
+    sigma, text = noise_level(df, group_budgets(df).labels)
+    ssr = 0.0
+    for _, g in df.groupby("C"):
+        x, y = np.log(g["N"].to_numpy()), np.log(g["loss"].to_numpy())
+        ssr += float(np.sum((np.polyval(np.polyfit(x, y, 2), x) - y) ** 2))
+    assert sigma == pytest.approx(np.full(len(df), np.sqrt(ssr / 30)), rel=1e-9)
+    assert "30 degrees of freedom" in text and "5 budgets" in text
+
+
+def test_minimum_sd_is_the_fine_grids_resolution_when_the_data_has_no_noise():
+    """An exact parabola: no residual noise, every redrawn minimum lands on the same fine-grid
+    point, so a budget's minimiser sd is the grid's own resolution, step / sqrt(12) (a
+    uniform rounding error), with step = log(N_max / N_min) / (FINE_GRID - 1)."""
+    ap = O.approach2(parabola_sweep([1e16, 1e17, 1e18], width=(0.3, 3.0)), bootstrap=20)
+    from scalinglab.analysis.approach2 import FINE_GRID
+
+    step = np.log(3.0 / 0.3) / (FINE_GRID - 1)
+    sd = [m["sd_logN"] for m in ap.extra["minima"]]
+    assert sd == pytest.approx([step / np.sqrt(12.0)] * 3, rel=1e-6)
