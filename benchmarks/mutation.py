@@ -54,6 +54,7 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "approach2": ("analysis/approach2.py", ["tests/test_optimal.py"]),
     "agreement": ("analysis/agreement.py", ["tests/test_optimal.py"]),
     "multistart": ("analysis/multistart.py", ["tests/test_fit.py"]),
+    "lbfgs": ("analysis/lbfgs.py", ["tests/test_fit.py"]),
     # the attention kernels (what test_attention.py tests) and the Flax attention modules
     "attention": ("models/kernels/attention.py", ["tests/test_attention.py"]),
     "attention_modules": (

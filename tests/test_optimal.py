@@ -255,6 +255,8 @@ def test_agreement_verdicts_from_the_difference_of_exponents():
     apart = agreement([fake("1", 0.30, 0.01, seed=1), fake("2", 0.50, 0.01, seed=2)])
     assert apart["verdict"] == "disagree" and not apart["agree"]
     assert apart["pairs"][0]["ci"][1] < 0 and apart["disagreements"]
+    assert apart["pairs"][0]["difference"] == pytest.approx(0.30 - 0.50)  # first minus second
+    assert not apart["pairs"][0]["paired"]  # no shared resamples: draws paired at random
     noisy = agreement([fake("1", 0.45, 0.3, seed=1), fake("2", 0.47, 0.3, seed=2)])
     assert noisy["verdict"] == "inconclusive" and noisy["pairs"][0]["width"] > MAX_WIDTH
     assert "wide" in noisy["inconclusive"][0]
