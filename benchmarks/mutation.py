@@ -55,6 +55,16 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
     "agreement": ("analysis/agreement.py", ["tests/test_optimal.py"]),
     "multistart": ("analysis/multistart.py", ["tests/test_fit.py"]),
     "lbfgs": ("analysis/lbfgs.py", ["tests/test_fit.py"]),
+    "profile": (
+        "analysis/profile.py",
+        ["tests/test_fit_identifiability.py", "tests/test_fit.py"],
+    ),
+    "optimal": ("analysis/optimal.py", ["tests/test_optimal.py"]),
+    "backtest": ("analysis/backtest.py", ["tests/test_backtest.py"]),
+    "diagnostics": (
+        "analysis/diagnostics.py",
+        ["tests/test_fit.py", "tests/test_fit_identifiability.py", "tests/test_fit_laws.py"],
+    ),
     # the attention kernels (what test_attention.py tests) and the Flax attention modules
     "attention": ("models/kernels/attention.py", ["tests/test_attention.py"]),
     "attention_modules": (

@@ -180,6 +180,64 @@ def test_lbfgs_status_codes_are_reported():
     assert int(res.status) == GTOL and float(res.value) < 1e-18
 
 
+def _line_search_state(fun, passes: int):
+    """The L-BFGS state after `passes` objective evaluations from x0 = 0 (one variable)."""
+    from scalinglab.analysis.lbfgs import lbfgs_init, lbfgs_run
+
+    with jax.enable_x64(True):
+        state = lbfgs_init(fun, jnp.zeros(1))
+        return lbfgs_run(fun, state, max_passes=passes)
+
+
+@pytest.mark.parametrize(
+    ("b", "want"),
+    [
+        (1.25, 0.4),  # f(1) = 0.25: the quadratic's minimiser 1 / (2 b) = 0.4, inside [0.1, 0.5]
+        (2.5, 0.2),  # 0.2: taken as it is (exact: the line is a quadratic)
+        (100.0, 0.1),  # 0.005: clipped up to 0.1 t
+        (1 - 0.5e-4, 0.5),  # f(1) = -5e-5 fails Armijo (needs -1e-4); 0.500025 clipped to 0.5 t
+    ],
+)
+def test_first_backtrack_is_the_quadratic_minimiser_clipped_to_a_tenth_and_a_half(b, want):
+    """f(x) = -x + b x^2 from 0: the unit steepest-descent trial t = 1 fails the sufficient-
+    decrease test (f(1) = b - 1 > f(0) + 1e-4 * slope, slope = -1), and the next trial is the
+    minimiser of the quadratic through f(0), f'(0) and f(1), -f'(0) / (2 (f(1) - f(0) -
+    f'(0))) = 1 / (2 b), clipped to [0.1, 0.5] (the line search's documented rule)."""
+    s = _line_search_state(lambda x: jnp.sum(-x + b * x**2), 1)
+    assert (float(s.lo), float(s.hi)) == (0.0, 1.0)  # t = 1 was too long, nothing too short
+    assert float(s.t) == pytest.approx(want, rel=1e-12)
+
+
+def test_line_search_extrapolates_a_short_step_fourfold_then_bisects_the_bracket():
+    """f(x) = -x + exp(2 (x - 2.5)) / 2 from 0: f'(1) = -1 + e^-3 = -0.950 is still below
+    0.9 f'(0) = -0.899 (t = 1 too short: try 4 t), and f(4) = -4 + e^3 / 2 = 6.04 > f(0)
+    (t = 4 too long): the bracket is [1, 4] and the next trial its midpoint 2.5."""
+    fun = lambda x: jnp.sum(-x + jnp.exp(2.0 * (x - 2.5)) / 2.0)  # noqa: E731
+    one = _line_search_state(fun, 1)
+    assert (float(one.lo), float(one.hi), float(one.t)) == (1.0, np.inf, 4.0)
+    two = _line_search_state(fun, 2)
+    assert (float(two.lo), float(two.hi), float(two.t)) == (1.0, 4.0, 2.5)
+
+
+def test_a_second_backtrack_interpolates_from_the_shorter_step():
+    """f(x) = -x + 20 x^2: t = 1 fails, the quadratic's minimiser 0.025 is clipped up to 0.1;
+    f(0.1) = 0.1 > f(0) fails too, and the quadratic through f(0), f'(0) and f(0.1) has its
+    minimiser at 1 / (2 * 20) = 0.025 again, now inside [0.01, 0.05]: the interpolation uses
+    the step it tried (0.1), not 1."""
+    s = _line_search_state(lambda x: jnp.sum(-x + 20.0 * x**2), 2)
+    assert (float(s.lo), float(s.hi)) == (0.0, 0.1)
+    assert float(s.t) == pytest.approx(0.025, rel=1e-12)
+
+
+def test_extrapolation_grows_the_last_step_fourfold():
+    """f(x) = -x + exp(x - 8): t = 1 and t = 4 are both still too short (f' below 0.9 f'(0)),
+    so the trials are 1, 4, 16; 16 overshoots (f(16) = e^8 - 16 > f(0)): bisect [4, 16]."""
+    fun = lambda x: jnp.sum(-x + jnp.exp(x - 8.0))  # noqa: E731
+    assert float(_line_search_state(fun, 2).t) == 16.0
+    three = _line_search_state(fun, 3)
+    assert (float(three.lo), float(three.hi), float(three.t)) == (4.0, 16.0, 10.0)
+
+
 def test_recovers_kaplan_law():
     true = {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}
     N, D = (a.ravel() for a in np.meshgrid(np.logspace(7, 10, 6), np.logspace(9, 12, 6)))

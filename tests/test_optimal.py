@@ -331,6 +331,53 @@ def test_same_resamples_are_differenced_resample_by_resample():
     paired = agreement([p, q])["pairs"][0]
     assert paired["ci"] == pytest.approx([0.01, 0.01], abs=1e-12)
     assert paired["verdict"] == "disagree"
+    assert paired["paired"] and not random["paired"]
+    q.resampled = "runs n=20 count=300 seed=1"  # other resamples: paired at random again
+    assert not agreement([p, q])["pairs"][0]["paired"]
+
+
+def _drawn(name: str, a: list[float], key: str | None = "runs") -> Approach:
+    """An approach whose draws of a are exactly `a` (b = 1 - a), from resamples `key`."""
+    a_ = np.asarray(a, dtype=float)
+    s = np.column_stack([0 * a_, a_, 0 * a_, 1 - a_])
+    return Approach(
+        name, float(np.nanmean(a_)), 1 - float(np.nanmean(a_)), 0.0, 0.0, s, resampled=key
+    )
+
+
+def test_paired_difference_keeps_every_resample_where_both_are_finite():
+    """Paired draws: the difference of each resample where both are finite, in order; two such
+    resamples are enough for an interval, one is not."""
+    from scalinglab.analysis.agreement import difference
+
+    p = _drawn("p", [0.5, np.nan, 0.7, 0.2, 0.4])
+    q = _drawn("q", [0.1, 0.3, np.nan, 0.1, 0.3])
+    np.testing.assert_allclose(difference(p, q, "a"), [0.4, 0.1, 0.1], rtol=1e-12)
+    two = _drawn("p", [0.5, np.nan, np.nan, 0.2, np.nan])
+    np.testing.assert_allclose(difference(two, q, "a"), [0.4, 0.1], rtol=1e-12)
+    one = _drawn("p", [0.5, np.nan, np.nan, np.nan, np.nan])
+    assert difference(one, q, "a") is None
+
+
+def test_an_approach_without_draws_has_no_difference():
+    from scalinglab.analysis.agreement import difference
+
+    bare = Approach("1", 0.5, 0.5, 0.0, 0.0, None)
+    drawn = _drawn("2", [0.4, 0.5, 0.6])
+    assert difference(bare, drawn, "a") is None and difference(drawn, bare, "a") is None
+
+
+def test_verdict_boundaries_an_exact_zero_agrees_and_a_width_of_exactly_max_width_agrees():
+    """A difference that is exactly 0 in every resample (an approach against its own draws)
+    contains 0: agree, not disagree. Draws of the difference that are +-0.1, half each, give
+    the interval [-0.1, 0.1], 0.2 wide: "at most MAX_WIDTH" counts it as agreement."""
+    same = agreement([_drawn("p", [0.4, 0.5, 0.6]), _drawn("q", [0.4, 0.5, 0.6])])
+    assert same["pairs"][0]["ci"] == [0.0, 0.0] and same["verdict"] == "agree"
+    from scalinglab.analysis.agreement import judge
+
+    wide = judge(_drawn("p", [0.1, -0.1] * 20), _drawn("q", [0.0] * 40), "a", 0.95)
+    assert MAX_WIDTH == 0.2 and wide["ci"] == [-0.1, 0.1] and wide["width"] == 0.2
+    assert wide["verdict"] == "agree"
 
 
 def test_approach1_and_the_fit_share_their_resamples():
