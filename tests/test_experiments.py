@@ -50,6 +50,19 @@ EXPECTED: dict[str, set[str]] = {
     "quantization": {"clean_check", "trend", "memory"},
     "pruning": {"clean_check", "sparsity_check", "fine_tune", "loss_change", "max_sparsity"},
     "kv-cache": {"equal_outputs", "sizes", "speedup_vs_size", "load"},
+    "distillation": {
+        "teacher_check",
+        "unigram_loss",
+        "teacher_loss",
+        "student_loss",
+        "distill_gain",
+        "fraction_kept",
+        "keep_97",
+    },
+    "interpretability": {"clean_check", "ig_completeness", "probes", "saliency", "settings"},
+    "hallucination": {"clean_check", "recall_by_exposure", "held_out", "calibration", "data"},
+    "distribution-shift": {"clean_check", "images", "text", "per_size"},
+    "shortcut-learning": {"clean_check", "strength", "fixes"},
     "attention": {
         "loss_vs_heads",
         "in_context_loss",
@@ -168,6 +181,17 @@ def test_smoke_run(name: str, tmp_path: Path, pool: Any, cache: Path) -> None:
     if name == "pruning":  # sparsity 0 is the trained model, and the sparsity is as asked
         assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
         assert findings["sparsity_check"]["max_weights_off"] <= 0.5 + 1e-9
+    if name == "shortcut-learning":  # the unmarked validation is what the trial evaluated
+        assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
+    if name == "distribution-shift":  # the unshifted sets are what the trials evaluated
+        assert findings["clean_check"]["max_abs_diff"] < 1e-6
+    if name == "hallucination":  # the recall/calibration pass scores what the trainer recorded
+        assert findings["clean_check"]["max_abs_diff_from_recorded"] < 1e-6
+    if name == "interpretability":  # saliency's logits are the trained model's; IG complete
+        assert findings["clean_check"]["max_abs_loss_diff"] < 1e-6
+        assert findings["ig_completeness"]["max_rel_gap_32_steps"] < 1e-2
+    if name == "distillation":  # the restored teacher is the one its trial evaluated
+        assert findings["teacher_check"]["max_abs_diff_from_recorded"] < 1e-6
     if name == "kv-cache":  # the cached and the full forward pass generate the same tokens
         assert findings["equal_outputs"]["all_same"]
         assert findings["equal_outputs"]["max_abs_logit_diff"] < 1e-5

@@ -41,7 +41,7 @@ AnyModelConfig = Annotated[
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
 
 # The data sources each data kind (`Family.data_kinds`) covers.
-TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic", "induction")
+TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic", "induction", "facts")
 IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
 REGRESSION_SOURCES: tuple[str, ...] = ("functions",)
 DATA_KIND_SOURCES: dict[str, tuple[str, ...]] = {
@@ -94,6 +94,24 @@ class InductionConfig(Strict):
     seed: int = 0
 
 
+class FactsConfig(Strict):
+    """Entity -> attribute facts, each group seen a set number of times in the train stream,
+    in Markov filler text (`scalinglab.data.facts`)."""
+
+    filler_vocab: int = Field(32, ge=2)  # filler tokens (an order-1 Markov language)
+    entity_pieces: int = Field(24, ge=2)  # the tokens entity names are spelt with
+    entity_tokens: int = Field(2, ge=1, le=8)  # pieces per entity name
+    n_attributes: int = Field(16, ge=2)  # attribute values; one uniform draw per entity
+    facts_per_group: int = Field(64, ge=1)
+    # One group of `facts_per_group` facts per entry, each fact in the train stream that many
+    # times (0: never, the held-out facts).
+    exposures: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (0, 1, 2, 4, 8, 16, 32), min_length=1
+    )
+    n_tokens: int = Field(50_000, ge=1024)  # train + validation stream; the rest is filler
+    seed: int = 0
+
+
 class AugmentConfig(Strict):
     """Image augmentation, drawn on the fly from the trial's key in training (never in eval)."""
 
@@ -101,6 +119,17 @@ class AugmentConfig(Strict):
     flip: bool = False  # horizontal flip with probability 1/2
     brightness: float = Field(0.0, ge=0.0)  # add U(-b, b) to every pixel of an image
     contrast: float = Field(0.0, ge=0.0, lt=1.0)  # scale deviations from the mean by U(1-c, 1+c)
+
+
+class ShortcutConfig(Strict):
+    """A planted spurious feature in the training images only (`scalinglab.data.shortcut`): a
+    one-pixel marker whose position names a class, agreeing with the label with probability
+    `strength` (else another class, uniformly); 0 plants nothing (the neutral value)."""
+
+    strength: float = Field(0.0, ge=0.0, le=1.0)  # P(marker class == label); 0: no marker
+    value: float = Field(1.0, gt=0.0)  # the lit marker pixel's value (every channel)
+    remove_prob: float = Field(0.0, ge=0.0, le=1.0)  # erase the marker of a drawn example
+    seed: int = 0  # which examples disagree; the trial seed does not change the data
 
 
 class ShapesConfig(Strict):
@@ -145,7 +174,15 @@ class DataConfig(Strict):
     """
 
     source: Literal[
-        "stdlib", "text", "tokens", "synthetic", "induction", "digits", "shapes", "functions"
+        "stdlib",
+        "text",
+        "tokens",
+        "synthetic",
+        "induction",
+        "facts",
+        "digits",
+        "shapes",
+        "functions",
     ] = "stdlib"
     seq_len: int = Field(64, ge=1)
     path: str | None = None
@@ -153,7 +190,9 @@ class DataConfig(Strict):
     max_tokens: int | None = Field(None, ge=1)  # cap on the corpus read (stdlib/text)
     synthetic: SyntheticConfig = SyntheticConfig()
     induction: InductionConfig = InductionConfig()
+    facts: FactsConfig = FactsConfig()
     augment: AugmentConfig = AugmentConfig()
+    shortcut: ShortcutConfig = ShortcutConfig()
     shapes: ShapesConfig = ShapesConfig()
     # Image and regression sources: train on only the first n examples of the fixed train
     # split (data-scaling sweeps); the validation split is unchanged.
@@ -179,6 +218,7 @@ class DataConfig(Strict):
         # Compared with the defaults, not the fields set: a dumped text config holds them too.
         only = {
             "augment": (self.augment != AugmentConfig(), IMAGE_SOURCES, "image"),
+            "shortcut": (self.shortcut != ShortcutConfig(), IMAGE_SOURCES, "image"),
             "train_subset": (self.train_subset, EXAMPLE_SOURCES, "image and regression"),
         }
         for name, (used, sources, what) in only.items():
@@ -277,6 +317,23 @@ class EarlyStoppingConfig(Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class DistillConfig(Strict):
+    """Knowledge distillation (Hinton et al. 2015; `scalinglab.train.distill`): train on
+    (1 - weight) * cross-entropy + weight * temperature^2 * KL(teacher_T || student_T).
+
+    The teacher is named by its config, not by a path, so the student's trial id depends on
+    the teacher's: the teacher's config is this trial's without `train.distill`, with the
+    dotted overrides of `teacher` set (`{model.d_model: 64}`), and its run directory is
+    `<teacher_dir>/<its trial id>`, `teacher_dir` relative to the folder that holds this trial's
+    run directory (a sweep's output folder: `../teachers` names a sibling sweep's).
+    """
+
+    teacher: dict[str, Any] = Field(min_length=1)
+    teacher_dir: str  # where the teacher's run directory is; not part of the trial id
+    temperature: float = Field(2.0, gt=0.0)
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class TrainConfig(Strict):
     """Batching, budget, evaluation, checkpointing and divergence rules."""
 
@@ -291,6 +348,8 @@ class TrainConfig(Strict):
     flop_counting: Literal["kaplan", "full"] = "kaplan"
     # A train loss above divergence_factor * (initial loss) counts as a blow-up.
     divergence_factor: float = Field(3.0, gt=1.0)
+    # Train on a finished teacher's soft targets too (None: the data alone); GPT only.
+    distill: DistillConfig | None = None
     # Where metrics go besides metrics.jsonl (always written); observation only, so trial ids
     # leave it out (see `scalinglab.identity.OBSERVATION_FIELDS`).
     trackers: list[str] = ["jsonl"]

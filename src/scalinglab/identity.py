@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scalinglab.config import FunctionsConfig, InductionConfig
+from scalinglab.config import FactsConfig, FunctionsConfig, InductionConfig, ShortcutConfig
 
 if TYPE_CHECKING:
     from scalinglab.config import TrialConfig
@@ -36,6 +36,9 @@ ADDED_FIELDS: dict[str, Any] = {
     "data.functions": FunctionsConfig().model_dump(mode="json"),  # the regression source
     "model.n_inputs": None,  # mlp: input features of a regression source
     "data.induction": InductionConfig().model_dump(mode="json"),  # the induction source
+    "train.distill": None,  # knowledge distillation from a teacher trial
+    "data.facts": FactsConfig().model_dump(mode="json"),  # the facts source
+    "data.shortcut": ShortcutConfig().model_dump(mode="json"),  # a planted spurious marker
 }
 
 
@@ -50,6 +53,8 @@ def identity_dump(cfg: TrialConfig) -> dict[str, Any]:
     whose config differs only outside it is the same trial."""
     out = without_added_fields(results_dump(cfg))
     train = out["train"]
+    if train.get("distill"):  # the teacher is named by its config; where it lives is no part
+        train["distill"].pop("teacher_dir", None)
     for name in CADENCE_FIELDS:
         if name != "eval_every" or train.get("early_stopping") is None:
             train.pop(name, None)

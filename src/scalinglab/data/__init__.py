@@ -14,6 +14,7 @@ from collections.abc import Callable
 from scalinglab.config import DataConfig
 from scalinglab.data.batches import Corpus, DataError, Dataset, sha256_of, split
 from scalinglab.data.examples import ExampleDataset
+from scalinglab.data.facts import facts_corpus
 from scalinglab.data.functions import FunctionDataset, function_values, functions_dataset
 from scalinglab.data.images import ImageDataset, digits_dataset, shapes_dataset
 from scalinglab.data.induction import induction_corpus
@@ -26,6 +27,7 @@ SOURCES: dict[str, Callable[[DataConfig], Corpus]] = {
     "tokens": token_corpus,
     "synthetic": synthetic_corpus,
     "induction": induction_corpus,
+    "facts": facts_corpus,
 }
 IMAGE_BUILDERS: dict[str, Callable[[DataConfig], ImageDataset]] = {
     "digits": digits_dataset,

@@ -88,7 +88,12 @@ def _dataset(
         "sha256": arrays_sha256(train_x, train_y, val_x, val_y),
         **extra,
     }
-    return ImageDataset(train_x, train_y, val_x, val_y, info)
+    from scalinglab.data.shortcut import shortcut_dataset  # it imports this module
+
+    # data.shortcut: markers planted in the training images only (the neutral default: none)
+    return shortcut_dataset(
+        ImageDataset(train_x, train_y, val_x, val_y, info), cfg.shortcut, n_classes
+    )
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:

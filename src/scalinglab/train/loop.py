@@ -12,6 +12,7 @@ wall-clock fields) to that of an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from scalinglab.rundir import RunDir
 from scalinglab.train import checkpoint as ckpt
 from scalinglab.train import hooks as hk
 from scalinglab.train import mesh as mesh_mod
+from scalinglab.train.distill import load_teacher
 from scalinglab.train.hooks import TrialInterrupted
 from scalinglab.train.state import abstract_state, init_state
 from scalinglab.train.trackers import ProgressFn, Tracker, build_trackers
@@ -90,6 +92,11 @@ def _run(cfg: TrialConfig, rd: RunDir, budget: Budget, trackers: list[Tracker]) 
     B = cfg.train.batch_size
     val_host = dataset.val_batches(B, cfg.train.eval_tokens)
     trainer = build_trainer(cfg, budget.steps)
+    if cfg.train.distill is not None:  # restored once, passed to every step as an argument
+        teacher = jax.device_put(
+            load_teacher(cfg, rd.path), mesh_mod.replicated(mesh_mod.data_mesh(B))
+        )
+        trainer = trainer._replace(step_fn=functools.partial(trainer.step_fn, teacher=teacher))
     init_key, step_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
 
     manager = ckpt.open_manager(rd.checkpoints, cfg.train.keep_checkpoints)

@@ -20,6 +20,7 @@ def train_step(
     batch: Any,
     base_key: jax.Array,
     lr_params: Any = None,
+    teacher: Any = None,
     *,
     task: Any,
     tx: optax.GradientTransformation,
@@ -31,11 +32,14 @@ def train_step(
     With `lr_fn`, `tx` is an update rule without learning rate and the update is scaled by
     `-lr_fn(step, lr_params)`: the schedule's numbers are arguments, not compiled constants,
     so runs that differ only in budget or learning rate share one compiled step. Without it,
-    `tx` is a complete optax chain.
+    `tx` is a complete optax chain. `teacher` is a distillation teacher's (params,
+    model_state) for the task's objective (`scalinglab.train.distill`), an argument, not trained.
     """
     key = jax.random.fold_in(base_key, state.step)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+        if teacher is not None:
+            return task.loss(params, state.model_state, batch, key, state.step, teacher=teacher)
         return task.loss(params, state.model_state, batch, key, state.step)
 
     (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -20,6 +20,7 @@ from scalinglab.models import build_model
 from scalinglab.optim import build_update_rule, lr_at, schedule_params
 from scalinglab.train import checkpoint as ckpt
 from scalinglab.train import mesh as mesh_mod
+from scalinglab.train.distill import teacher_config, wrap_task
 from scalinglab.train.state import TrainState, abstract_state
 from scalinglab.train.step import eval_steps, train_step
 from scalinglab.train.tasks import build_task
@@ -44,10 +45,11 @@ def build_trainer(cfg: TrialConfig, total_steps: int) -> Trainer:
     name = cfg.optimizer.schedule.name
     hp = schedule_params(cfg.optimizer.schedule, cfg.optimizer.lr, total_steps)
     opt = cfg.optimizer.model_dump(mode="json", exclude={"lr", "schedule"})
-    key = json.dumps(
-        [cfg.model.model_dump(mode="json"), cfg.data.model_dump(mode="json"), opt, name],
-        sort_keys=True,
-    )
+    parts = [cfg.model.model_dump(mode="json"), cfg.data.model_dump(mode="json"), opt, name]
+    if cfg.train.distill is not None:  # the teacher's shape and the objective's constants
+        d = cfg.train.distill
+        parts.append([teacher_config(cfg).model.model_dump(mode="json"), d.temperature, d.weight])
+    key = json.dumps(parts, sort_keys=True)
     task, tx, step, eval_fn = _jitted_steps(_Keyed(key, cfg))
     step_fn = functools.partial(step, lr_params=hp)
     return Trainer(task, tx, functools.partial(lr_at, hp=hp, name=name, xp=np), step_fn, eval_fn)
@@ -76,7 +78,7 @@ def _jitted_steps(keyed: _Keyed) -> tuple[Any, Any, Any, Any]:
     and loading them from the persistent cache again (about 0.5 s a trial for small models).
     """
     cfg = keyed.cfg
-    task = build_task(cfg, build_model(cfg.model))
+    task = wrap_task(cfg, build_task(cfg, build_model(cfg.model)))
     tx = build_update_rule(cfg.optimizer)
     lr_fn = functools.partial(lr_at, name=cfg.optimizer.schedule.name)
     step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
