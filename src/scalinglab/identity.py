@@ -36,6 +36,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "data.functions": FunctionsConfig().model_dump(mode="json"),  # the regression source
     "model.n_inputs": None,  # mlp: input features of a regression source
     "data.induction": InductionConfig().model_dump(mode="json"),  # the induction source
+    "model.mup_base_width": None,  # muP's base width (parametrization mup only)
 }
 
 

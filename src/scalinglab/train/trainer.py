@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 
+from scalinglab import mup
 from scalinglab import runfiles as rf
 from scalinglab.budget import plan_steps
 from scalinglab.config import TrialConfig
@@ -77,7 +78,7 @@ def _jitted_steps(keyed: _Keyed) -> tuple[Any, Any, Any, Any]:
     """
     cfg = keyed.cfg
     task = build_task(cfg, build_model(cfg.model))
-    tx = build_update_rule(cfg.optimizer)
+    tx = build_update_rule(cfg.optimizer, mup.scales(cfg, task))
     lr_fn = functools.partial(lr_at, name=cfg.optimizer.schedule.name)
     step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_steps, task=task))
