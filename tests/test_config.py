@@ -59,8 +59,8 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
         (
             "model:\n  family: bert\n  parametrization: mup\n",
             [
-                "trial.yaml:3: model.parametrization: "
-                "'mup' is not implemented yet; allowed: standard"
+                "trial.yaml:3: model.parametrization: 'mup' is implemented for the gpt and mlp "
+                "families, not 'bert'; allowed for bert: standard"
             ],
         ),
     ],

@@ -40,6 +40,9 @@ AnyModelConfig = Annotated[
 ]
 _MODEL_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyModelConfig)
 
+# Optimisers with a muP rule (`scalinglab.mup`): Adam's and SGD's (Yang et al. 2022, table 3).
+MUP_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
 # The data sources each data kind (`Family.data_kinds`) covers.
 TEXT_SOURCES = ("stdlib", "text", "tokens", "synthetic", "induction", "facts")
 IMAGE_SOURCES: tuple[str, ...] = ("digits", "shapes")
@@ -401,6 +404,11 @@ class TrialConfig(Strict):
         if self.data.source == "tokens" and "vocab_size" in type(self.model).model_fields:
             _vocab_from_tokens(self)
         self.model.resolve(self.data)
+        if self.model.parametrization == "mup" and self.optimizer.name not in MUP_OPTIMIZERS:
+            raise ValueError(
+                f"optimizer.name: {self.optimizer.name!r} has no muP learning-rate rule; "
+                f"allowed with model.parametrization mup: {', '.join(MUP_OPTIMIZERS)}"
+            )
         return self
 
 

@@ -39,6 +39,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "train.distill": None,  # knowledge distillation from a teacher trial
     "data.facts": FactsConfig().model_dump(mode="json"),  # the facts source
     "data.shortcut": ShortcutConfig().model_dump(mode="json"),  # a planted spurious marker
+    "model.mup_base_width": None,  # muP's base width (parametrization mup only)
 }
 
 

@@ -88,11 +88,46 @@ def decay_mask(params: Any, exclude: list[str] | tuple[str, ...]) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: _path_kind(p) not in exclude, params)
 
 
-def build_update_rule(cfg: OptimizerConfig) -> optax.GradientTransformation:
+def scale_by_tree(factors: Any) -> optax.GradientTransformation:
+    """Multiply each update by its leaf of `factors` (a tree of constants shaped like the
+    params): muP's per-parameter learning rates."""
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        return jax.tree_util.tree_map(lambda u, f: u * f.astype(u.dtype), updates, factors), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def _coupled_decay(wd: float, mask: Any, factors: Any | None) -> optax.GradientTransformation:
+    """wd * param added to the gradient where `mask` holds, times muP's per-parameter decay
+    factor when `factors` is given."""
+    if factors is None:
+        return optax.masked(optax.add_decayed_weights(wd), mask)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        keep = mask(params)
+        out = jax.tree_util.tree_map(
+            lambda u, p, f, k: u + (wd * f).astype(u.dtype) * p if k else u,
+            updates,
+            params,
+            factors,
+            keep,
+        )
+        return out, state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def build_update_rule(
+    cfg: OptimizerConfig, mup_scales: tuple[Any, Any] | None = None
+) -> optax.GradientTransformation:
     """The optimiser without its learning rate: clipping, the update rule and weight decay.
 
     Its updates are to be scaled by `-lr(step)`; the trainer does that in the step with the
-    schedule's numbers as arguments (see `schedule_params`).
+    schedule's numbers as arguments (see `schedule_params`). `mup_scales` (from
+    `scalinglab.mup.scales`): per-parameter learning-rate and coupled-decay factors, applied
+    after everything else (so decoupled decay scales with the learning rate, as in muP's AdamW).
     """
     parts: list[optax.GradientTransformation] = []
     if cfg.clip_norm is not None:
@@ -101,7 +136,8 @@ def build_update_rule(cfg: OptimizerConfig) -> optax.GradientTransformation:
     if cfg.weight_decay > 0 and cfg.name in ("sgd", "momentum", "adam"):
         # Coupled L2 (wd * param added to the gradient), as torch's SGD and Adam do; adamw and
         # adafactor decouple the decay from the adaptive scaling (but not from the lr).
-        parts.append(optax.masked(optax.add_decayed_weights(cfg.weight_decay), mask))
+        decay = None if mup_scales is None else mup_scales[1]
+        parts.append(_coupled_decay(cfg.weight_decay, mask, decay))
     if cfg.name == "sgd":
         pass
     elif cfg.name == "momentum":
@@ -121,6 +157,8 @@ def build_update_rule(cfg: OptimizerConfig) -> optax.GradientTransformation:
         ]
     else:
         raise ValueError(f"optimizer.name: unknown {cfg.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if mup_scales is not None:
+        parts.append(scale_by_tree(mup_scales[0]))
     # Plain SGD without clipping or decay: the update is the gradient itself.
     return optax.chain(*parts) if parts else optax.identity()
 

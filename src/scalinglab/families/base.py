@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -93,15 +93,45 @@ class FamilyConfig(Strict):
 
     activation: Activation = "gelu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    parametrization: Literal["standard"] = "standard"
+    parametrization: Literal["standard", "mup"] = "standard"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # muP (Yang et al. 2022): the width whose hyperparameters were tuned. The model and the
+    # optimiser scale relative to it (`width_mult`); at that width muP equals standard.
+    mup_base_width: int | None = Field(None, ge=1)
 
-    @field_validator("parametrization", mode="before")
-    @classmethod
-    def _no_mup(cls, value: Any) -> Any:
-        if value == "mup":
-            raise ValueError("'mup' is not implemented yet; allowed: standard")
-        return value
+    # The field that holds a family's width under muP; None: the family has no muP rules.
+    MUP_WIDTH: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _check_mup(self) -> Any:
+        family = getattr(self, "family", "?")
+        if self.parametrization == "mup":
+            if self.MUP_WIDTH is None:
+                raise ValueError(
+                    f"model.parametrization: 'mup' is implemented for the gpt and mlp families, "
+                    f"not {family!r}; allowed for {family}: standard"
+                )
+            if self.mup_base_width is None:
+                raise ValueError(
+                    "model.mup_base_width is required with parametrization mup: the width "
+                    f"(model.{self.MUP_WIDTH}) at which the learning rate was tuned"
+                )
+        elif self.mup_base_width is not None:
+            raise ValueError("model.mup_base_width applies only with parametrization: mup")
+        return self
+
+    @property
+    def width_mult(self) -> float:
+        """muP's width / base width (1.0 under the standard parametrisation)."""
+        if self.parametrization != "mup" or self.MUP_WIDTH is None:
+            return 1.0
+        assert self.mup_base_width is not None  # checked above
+        return getattr(self, self.MUP_WIDTH) / self.mup_base_width
+
+    def at_base_width(self) -> FamilyConfig:
+        """This config at its muP base width (same everything else): the reference shapes."""
+        assert self.MUP_WIDTH is not None and self.mup_base_width is not None
+        return self.model_copy(update={self.MUP_WIDTH: self.mup_base_width})
 
     def resolve(self, data: DataConfig) -> None:
         """Fill data-dependent fields and check them against the trial's data (ValueError)."""

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from scalinglab.data.augment import Augment
-from scalinglab.families.common import Metrics, example_means, split_variables
+from scalinglab.families.common import Metrics, apply_model, example_means, split_variables
 
 if TYPE_CHECKING:
     import flax.linen as nn
@@ -67,20 +67,10 @@ class Classification:
         step: jax.Array,
     ) -> tuple[jax.Array, tuple[Metrics, dict[str, Any]]]:
         images_BxHxWxC, labels_B = batch["image"], batch["label"]
-        variables = {"params": params, **model_state}
-        if key is None:
-            logits_BxK = self.model.apply(variables, images_BxHxWxC, train=False)
-        else:
-            aug_key, dropout_key = jax.random.split(key)
+        if key is not None:  # training: augment, then dropout from the second half of the key
+            aug_key, key = jax.random.split(key)
             images_BxHxWxC = self.augment(images_BxHxWxC, aug_key)
-            logits_BxK, updates = self.model.apply(
-                variables,
-                images_BxHxWxC,
-                train=True,
-                rngs={"dropout": dropout_key},
-                mutable=list(model_state),
-            )
-            model_state = {**model_state, **updates}
+        logits_BxK, model_state = apply_model(self.model, params, model_state, images_BxHxWxC, key)
         logits_BxK = logits_BxK.astype(jnp.float32)
         if logits_BxK.shape[-1] == 1:
             z_B = logits_BxK[:, 0]

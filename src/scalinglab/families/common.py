@@ -44,6 +44,21 @@ def example_means(per_example: dict[str, jax.Array], batch: dict[str, jax.Array]
     return {**{name: (w_B * v).sum() / n for name, v in per_example.items()}, "examples": w_B.sum()}
 
 
+def apply_model(
+    model: Any, params: Any, model_state: dict[str, Any], inputs: jax.Array, key: jax.Array | None
+) -> tuple[jax.Array, dict[str, Any]]:
+    """The model on one batch and its model state after it: in evaluation mode when `key` is
+    None, else in training mode with dropout drawn from `key` and the mutable collections
+    (batch-norm statistics) updated."""
+    variables = {"params": params, **model_state}
+    if key is None:
+        return model.apply(variables, inputs, train=False), model_state
+    out, updates = model.apply(
+        variables, inputs, train=True, rngs={"dropout": key}, mutable=list(model_state)
+    )
+    return out, {**model_state, **updates}
+
+
 def split_variables(variables: Any) -> tuple[Any, dict[str, Any]]:
     """Split flax variables into trained params and every other collection."""
     variables = dict(variables)

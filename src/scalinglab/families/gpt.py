@@ -15,7 +15,7 @@ V = vocab_size (FLOPs per training token, forward + backward = 3 x forward):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ class GPTConfig(TransformerConfig):
     """GPT: a decoder-only language model (`model.family: gpt`, the default)."""
 
     family: Literal["gpt"] = "gpt"
+    MUP_WIDTH: ClassVar[str | None] = "d_model"  # muP scales with this width
     positions: Literal["learned", "rotary"] = "learned"
 
 

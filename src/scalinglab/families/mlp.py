@@ -9,7 +9,7 @@ sum(fan_in * fan_out)`` over the dense layers (no biases or norms).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,7 @@ class MLPConfig(ImageConfig):
     """
 
     family: Literal["mlp"] = "mlp"
+    MUP_WIDTH: ClassVar[str | None] = "width"  # muP scales with this width
     width: int = Field(128, ge=1)
     depth: int = Field(2, ge=1)  # hidden layers
     residual: bool = False

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalinglab.families.common import Metrics, example_means, split_variables
+from scalinglab.families.common import Metrics, apply_model, example_means, split_variables
 
 if TYPE_CHECKING:
     import flax.linen as nn
@@ -62,14 +62,7 @@ class Regression:
         step: jax.Array,
     ) -> tuple[jax.Array, tuple[Metrics, dict[str, Any]]]:
         x_BxD, y_B = batch["x"], batch["y"]
-        variables = {"params": params, **model_state}
-        if key is None:
-            out_Bx1 = self.model.apply(variables, x_BxD, train=False)
-        else:
-            out_Bx1, updates = self.model.apply(
-                variables, x_BxD, train=True, rngs={"dropout": key}, mutable=list(model_state)
-            )
-            model_state = {**model_state, **updates}
+        out_Bx1, model_state = apply_model(self.model, params, model_state, x_BxD, key)
         err_B = out_Bx1.astype(jnp.float32)[:, 0] - y_B.astype(jnp.float32)
         sq_B = err_B * err_B
         metrics = example_means({"loss": sq_B, "mse": sq_B}, batch)

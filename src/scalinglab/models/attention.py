@@ -54,6 +54,8 @@ class Attention(nn.Module):
     rotary: bool = False
     dropout: float = 0.0
     out_std: float = INIT_STD
+    in_std: float = INIT_STD  # init scale of the input projections (qkv; q and kv)
+    qk_gain: float = 1.0  # extra factor on q: muP's 1/Dh scores (see `scalinglab.mup`)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -68,18 +70,21 @@ class Attention(nn.Module):
     ) -> Array:
         d, h = x_BxTxD.shape[-1], self.n_head
         if kv_BxSxD is None:
-            qkv_BxTx3D = dense(x_BxTxD, 3 * d, name="qkv", dtype=self.dtype)
+            qkv_BxTx3D = dense(x_BxTxD, 3 * d, name="qkv", dtype=self.dtype, std=self.in_std)
             q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh = split_heads(qkv_BxTx3D, h, 3)
         else:
             if self.rotary:
                 raise ValueError("rotary positions apply to self-attention only")
-            (q_BxHxTxDh,) = split_heads(dense(x_BxTxD, d, name="q", dtype=self.dtype), h, 1)
-            kv_BxSx2D = dense(kv_BxSxD, 2 * d, name="kv", dtype=self.dtype)
+            q_BxTxD = dense(x_BxTxD, d, name="q", dtype=self.dtype, std=self.in_std)
+            (q_BxHxTxDh,) = split_heads(q_BxTxD, h, 1)
+            kv_BxSx2D = dense(kv_BxSxD, 2 * d, name="kv", dtype=self.dtype, std=self.in_std)
             k_BxHxSxDh, v_BxHxSxDh = split_heads(kv_BxSx2D, h, 2)
         if self.rotary:
             cos_TxF, sin_TxF = rotary_tables(x_BxTxD.shape[1], d // h)
             q_BxHxTxDh = apply_rotary(q_BxHxTxDh, cos_TxF, sin_TxF)
             k_BxHxSxDh = apply_rotary(k_BxHxSxDh, cos_TxF, sin_TxF)
+        if self.qk_gain != 1.0:
+            q_BxHxTxDh = q_BxHxTxDh * jnp.asarray(self.qk_gain, q_BxHxTxDh.dtype)
         use_dropout = self.dropout > 0.0 and not deterministic
         y_BxHxTxDh = attention(
             q_BxHxTxDh,
@@ -109,6 +114,7 @@ class CachedAttention(nn.Module):
 
     n_head: int
     rotary: bool = False
+    qk_gain: float = 1.0
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -131,6 +137,8 @@ class CachedAttention(nn.Module):
         v_BxHxSxDh = jax.lax.dynamic_update_slice_in_dim(
             cache["v"], v_BxHxTxDh.astype(cache["v"].dtype), pos, axis=2
         )
+        if self.qk_gain != 1.0:
+            q_BxHxTxDh = q_BxHxTxDh * jnp.asarray(self.qk_gain, q_BxHxTxDh.dtype)
         visible_TxS = jnp.arange(s)[None, :] <= pos + jnp.arange(t)[:, None]
         y_BxHxTxDh = attention(q_BxHxTxDh, k_BxHxSxDh, v_BxHxSxDh, mask=visible_TxS)
         y_BxTxD = dense(merge_heads(y_BxHxTxDh), d, name="proj", dtype=self.dtype)

@@ -40,14 +40,15 @@ class Mlp(nn.Module):
     activation: str = "gelu"
     dropout: float = 0.0
     out_std: float = INIT_STD
+    in_std: float = INIT_STD  # init scale of the input projections (up, gate)
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxTxD: Array, *, deterministic: bool = True) -> Array:
         act = activation_fn(self.activation)
-        up_BxTxF = dense(x_BxTxD, self.d_ff, name="up", dtype=self.dtype)
+        up_BxTxF = dense(x_BxTxD, self.d_ff, name="up", dtype=self.dtype, std=self.in_std)
         if self.activation in GATED_ACTIVATIONS:
-            gate_BxTxF = dense(x_BxTxD, self.d_ff, name="gate", dtype=self.dtype)
+            gate_BxTxF = dense(x_BxTxD, self.d_ff, name="gate", dtype=self.dtype, std=self.in_std)
             h_BxTxF = act(gate_BxTxF) * up_BxTxF
         else:
             h_BxTxF = act(up_BxTxF)
@@ -71,6 +72,8 @@ class Block(nn.Module):
     dropout: float = 0.0
     mlp_dropout: float = 0.0
     out_std: float = INIT_STD
+    in_std: float = INIT_STD  # init scale of the input projections (muP shrinks it)
+    qk_gain: float = 1.0  # extra factor on the queries (muP's 1/Dh attention)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -90,6 +93,8 @@ class Block(nn.Module):
             rotary=self.rotary,
             dropout=self.dropout,
             out_std=self.out_std,
+            in_std=self.in_std,
+            qk_gain=self.qk_gain,
             dtype=self.dtype,
             name="attn",
         )(h_BxTxD, bias=bias, mask=mask, deterministic=deterministic)
@@ -100,6 +105,7 @@ class Block(nn.Module):
             activation=self.activation,
             dropout=self.mlp_dropout,
             out_std=self.out_std,
+            in_std=self.in_std,
             dtype=self.dtype,
             name="mlp",
         )(h_BxTxD, deterministic=deterministic)

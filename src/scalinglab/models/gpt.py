@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scalinglab import mup
 from scalinglab.config import ModelConfig
 from scalinglab.models.attention import CachedAttention
 from scalinglab.models.blocks import Block, Mlp
@@ -51,7 +52,10 @@ class PositionEmbed(nn.Module):
 
 def _block(cfg: ModelConfig, name: str) -> Block:
     """Decoder block `name`: causal self-attention and the feed-forward block, residual
-    projections initialised with std 0.02 / sqrt(2 * n_layer) (GPT-2)."""
+    projections initialised with std 0.02 / sqrt(2 * n_layer) (GPT-2). Under muP every hidden
+    matrix's std shrinks by sqrt(width_mult) and the queries by sqrt(width_mult) too, which
+    turns 1/sqrt(Dh) scores into sqrt(Dh_base)/Dh ones (`scalinglab.mup`)."""
+    shrink = mup.hidden_init_factor(cfg)
     return Block(
         n_head=cfg.n_head,
         d_ff=cfg.ff_dim,
@@ -59,7 +63,9 @@ def _block(cfg: ModelConfig, name: str) -> Block:
         causal=True,
         rotary=cfg.positions == "rotary",
         dropout=cfg.dropout,
-        out_std=INIT_STD / math.sqrt(2 * cfg.n_layer),
+        out_std=INIT_STD / math.sqrt(2 * cfg.n_layer) * shrink,
+        in_std=INIT_STD * shrink,
+        qk_gain=mup.qk_gain(cfg),
         dtype=jnp.dtype(cfg.dtype),
         name=name,
     )
@@ -87,7 +93,7 @@ def _lm_head(
         logits_BxTxV = on_rows(token_embed.attend, x_BxTxD)
     else:
         logits_BxTxV = untied_head(x_BxTxD, cfg.vocab_size, dtype)
-    return logits_BxTxV.astype(jnp.float32)
+    return mup.readout(cfg, logits_BxTxV.astype(jnp.float32))
 
 
 class GPT(nn.Module):
@@ -141,7 +147,11 @@ class CachedBlock(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         h_BxTxD = LayerNorm(dtype=dtype, name="norm_1")(x_BxTxD)
         y_BxTxD, cache = CachedAttention(
-            n_head=cfg.n_head, rotary=cfg.positions == "rotary", dtype=dtype, name="attn"
+            n_head=cfg.n_head,
+            rotary=cfg.positions == "rotary",
+            qk_gain=mup.qk_gain(cfg),
+            dtype=dtype,
+            name="attn",
         )(h_BxTxD, cache, pos)
         x_BxTxD = x_BxTxD + y_BxTxD
         h_BxTxD = LayerNorm(dtype=dtype, name="norm_2")(x_BxTxD)

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scalinglab import mup
 from scalinglab.families.mlp import MLPConfig
 from scalinglab.models.layers import GATED_ACTIVATIONS, activation_fn
 
@@ -114,4 +115,4 @@ class MLP(nn.Module):
             kernel_init=nn.initializers.zeros,
             name="head",
         )(h_BxF)
-        return logits.astype(jnp.float32)
+        return mup.readout(cfg, logits.astype(jnp.float32))

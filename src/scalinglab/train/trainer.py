@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 
+from scalinglab import mup
 from scalinglab import runfiles as rf
 from scalinglab.budget import plan_steps
 from scalinglab.config import TrialConfig
@@ -78,8 +79,9 @@ def _jitted_steps(keyed: _Keyed) -> tuple[Any, Any, Any, Any]:
     and loading them from the persistent cache again (about 0.5 s a trial for small models).
     """
     cfg = keyed.cfg
-    task = wrap_task(cfg, build_task(cfg, build_model(cfg.model)))
-    tx = build_update_rule(cfg.optimizer)
+    task = build_task(cfg, build_model(cfg.model))
+    tx = build_update_rule(cfg.optimizer, mup.scales(cfg, task))
+    task = wrap_task(cfg, task)  # distillation wraps the objective, not the parameters
     lr_fn = functools.partial(lr_at, name=cfg.optimizer.schedule.name)
     step = jax.jit(functools.partial(train_step, task=task, tx=tx, lr_fn=lr_fn), donate_argnums=0)
     eval_fn = jax.jit(functools.partial(eval_steps, task=task))
