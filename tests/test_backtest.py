@@ -45,3 +45,51 @@ def test_threshold_above_every_run_is_an_error():
 
 def test_default_threshold_with_one_budget_uses_top_quarter():
     assert default_threshold(np.array([1.0, 1.01, 1.02, 1.03])) == pytest.approx(1.0225)
+
+
+def test_split_values_are_compute_tokens_per_parameter_and_size():
+    from scalinglab.analysis.backtest import split_values
+
+    df = pd.DataFrame({"N": [10.0, 20.0], "D": [200.0, 100.0], "C": [1.2e4, 1.2e4]})
+    np.testing.assert_array_equal(split_values(df, "C"), [1.2e4, 1.2e4])
+    np.testing.assert_array_equal(split_values(df, "tokens_per_param"), [20.0, 5.0])
+    np.testing.assert_array_equal(split_values(df, "N"), [10.0, 20.0])
+    with pytest.raises(FitInputError, match="back-test split 'D'"):
+        split_values(df, "D")
+
+
+def test_over_training_split_holds_out_the_top_quarter_of_tokens_per_parameter():
+    """by tokens_per_param without a threshold: the runs at or above the 75th percentile of
+    D / N (computed here) are predicted from the others; the fit skips the profile."""
+    df = isoflop_table()
+    bt = backtest(df, by="tokens_per_param", starts=GRID)
+    ratio = (df["D"] / df["N"]).to_numpy()
+    assert bt.threshold == pytest.approx(np.quantile(ratio, 0.75), rel=1e-12)
+    assert bt.metrics["n_test"] == int((ratio >= bt.threshold).sum()) == 10
+    assert bt.metrics["max_abs_rel_error"] < 1e-3  # the law holds exactly here
+    assert "profile" not in bt.fit.identifiability["E"]
+
+
+def test_budgets_come_from_the_nominal_isoflop_C_only_when_every_run_has_a_positive_one():
+    from scalinglab.analysis.backtest import budget_labels
+
+    df = pd.DataFrame({"C": [1.0e18, 1.1e18, 3.0e18], "isoflop_C": [1e18, 1e18, 3e18]})
+    np.testing.assert_array_equal(budget_labels(df), [1e18, 1e18, 3e18])
+    df["isoflop_C"] = [1e18, 0.0, 3e18]  # one run without a nominal budget: group by C
+    np.testing.assert_array_equal(budget_labels(df), [1.0e18, 1.0e18, 3.0e18])
+    df["C"] = [1.0e18, 2.1e18, 3.0e18]  # over 2x (BUDGET_SPAN) above the group's start
+    np.testing.assert_array_equal(budget_labels(df), [1.0e18, 2.1e18, 2.1e18])
+
+
+def test_leave_one_budget_out_forecasts_the_largest_budget_one_up():
+    """Each of the 5 budgets held out in turn (8 runs each); the "one budget up" entry is the
+    largest budget's; on exact data every held-out prediction is right."""
+    from scalinglab.analysis.backtest import leave_one_budget_out
+    from scalinglab.analysis.options import FitOptions
+
+    lobo = leave_one_budget_out(laws.CHINCHILLA, isoflop_table(), GRID, FitOptions())
+    budgets = [b["budget_C"] for b in lobo["budgets"]]
+    assert budgets == pytest.approx(list(np.logspace(17, 21, 5)))
+    assert lobo["one_budget_up"] == lobo["budgets"][-1]
+    assert all(b["n_test"] == 8 for b in lobo["budgets"])
+    assert max(b["max_abs_rel_error"] for b in lobo["budgets"]) < 1e-3

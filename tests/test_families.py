@@ -105,7 +105,13 @@ def test_every_registered_family_is_covered() -> None:
     assert set(TINY) == set(REGISTRY)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def _slow_for(*names: str) -> list[object]:
+    """FAMILIES with `names` marked slow (covered by their own tests in the default run)."""
+    return [pytest.param(f, marks=pytest.mark.slow) if f in names else f for f in FAMILIES]
+
+
+# ResNet's shapes and loss: also tests/test_image_training.py and test_images.py.
+@pytest.mark.parametrize("family", _slow_for("resnet"))
 def test_output_shapes(family: str) -> None:
     cfg, model, task, params, state = setup(family)
     m = cfg.model
@@ -271,7 +277,8 @@ def _rel_err(a: jax.Array, b: jax.Array) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# The bf16 path that matters is attention's (the transformers); the ResNet's runs with -m slow.
+@pytest.mark.parametrize("family", _slow_for("resnet"))
 def test_bfloat16_forward_agrees_with_float32(family: str) -> None:
     cfg, model, _, params, state = setup(family)
     args = inputs(family, cfg)

@@ -174,7 +174,10 @@ def test_schedules_match_optax(total: int) -> None:
             assert float(lr_at(k, hp, name, xp=np)) == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["momentum", "adamw", "adafactor"])
+# momentum (a trace before the lr, like adamw's moments) runs with -m slow.
+@pytest.mark.parametrize(
+    "name", [pytest.param("momentum", marks=pytest.mark.slow), "adamw", "adafactor"]
+)
 def test_update_rule_scaled_in_step_equals_full_chain(name: str) -> None:
     # The trainer's form (rule without lr, -lr(step) applied in the step from arguments) gives
     # bit-identical parameters to the complete optax chain over warmup and decay.

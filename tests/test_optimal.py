@@ -423,3 +423,41 @@ def test_minimum_sd_is_the_fine_grids_resolution_when_the_data_has_no_noise():
     step = np.log(3.0 / 0.3) / (FINE_GRID - 1)
     sd = [m["sd_logN"] for m in ap.extra["minima"]]
     assert sd == pytest.approx([step / np.sqrt(12.0)] * 3, rel=1e-6)
+
+
+def test_envelope_bins_by_log_compute_and_keeps_each_bins_best_if_it_improves():
+    """Three log bins over C in [1, 1000] (edges 1, 10, 100, 1000; the top edge belongs to the
+    last bin): one point per bin survives, the lowest-loss one, when it beats every cheaper
+    point. Here C = 100 and 1000 share the last bin and 1000 is lower."""
+    df = pd.DataFrame({"C": [1.0, 10.0, 100.0, 1000.0], "loss": [4.0, 3.0, 2.0, 1.0]})
+    df["N"], df["D"] = df["C"], 1.0
+    assert O.envelope(df, n_bins=3)["C"].tolist() == [1.0, 10.0, 1000.0]
+    df.loc[2, "loss"] = 0.5  # now C = 100 wins the last bin
+    assert O.envelope(df, n_bins=3)["C"].tolist() == [1.0, 10.0, 100.0]
+
+
+def test_approach1_flags_a_short_envelope_and_pairs_only_with_given_runs():
+    """Three envelope points are enough (no flag), two are flagged; the draws are paired with
+    a fit's resamples (a resample key) only when the fit's runs are given."""
+    rows = [
+        {"C": 6 * n * d, "N": n, "D": d, "loss": 10.0 / (6 * n * d) ** 0.1}
+        for n, d in ((1e3, 2e4), (2e3, 4e5), (4e3, 8e6))
+    ]
+    three = pd.DataFrame(rows)
+    ap = O.approach1(three, bootstrap=5)
+    assert len(O.envelope(three)) == 3 and not any("only" in f for f in ap.flags)
+    assert ap.resampled is None
+    assert O.approach1(three, bootstrap=5, runs=np.arange(3)).resampled is not None
+    two = O.approach1(three.iloc[:2], bootstrap=5)
+    assert "envelope has only 2 points" in two.flags
+
+
+def test_compute_optimal_pairs_approach1_with_the_fit_only_for_the_fits_own_rows():
+    """Without a run column, approach 1 shares the fit's resamples when it reads the fit's
+    own table, not when it reads separate learning curves (their rows are other points)."""
+    df = chinchilla_sweep(budgets=(1e18, 1e19, 1e20))
+    own = O.compute_optimal(df, approaches=(1,), bootstrap=5)[1]
+    assert own.resampled is not None
+    curves = df[["C", "N", "D", "loss"]].copy()
+    other = O.compute_optimal(df, approaches=(1,), bootstrap=5, curves=curves)[1]
+    assert other.resampled is None
