@@ -72,6 +72,18 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
         ["tests/test_bert_t5.py", "tests/test_generate.py", "tests/test_models.py"],
     ),
     "expand": ("sweep/expand.py", ["tests/test_sweep_expand.py", "tests/test_trial_ids.py"]),
+    "loop": (  # the train loop's resume path: run directory, resume, fall-back, stops
+        "train/loop.py",
+        [
+            "tests/test_train.py::test_run_directory_contract",
+            "tests/test_train.py::test_same_directory_refuses_another_config",
+            "tests/test_train.py::test_resume_in_process_equals_uninterrupted",
+            "tests/test_train.py::test_corrupt_latest_checkpoint_falls_back",
+            "tests/test_train.py::test_divergence_is_recorded",
+            "tests/test_train.py::test_early_stopping",
+            "tests/test_hooks.py",
+        ],
+    ),
     "checkpoint": (  # the tests that save, restore, refuse or recover checkpoints
         "train/checkpoint.py",
         [
