@@ -60,6 +60,7 @@ EXPECTED: dict[str, set[str]] = {
         "keep_97",
     },
     "interpretability": {"clean_check", "ig_completeness", "probes", "saliency", "settings"},
+    "mup-transfer": {"optimum", "drift", "base_width_check", "widths", "lrs"},
     "hallucination": {"clean_check", "recall_by_exposure", "held_out", "calibration", "data"},
     "distribution-shift": {"clean_check", "images", "text", "per_size"},
     "shortcut-learning": {"clean_check", "strength", "fixes"},
@@ -192,6 +193,8 @@ def test_smoke_run(name: str, tmp_path: Path, pool: Any, cache: Path) -> None:
         assert findings["ig_completeness"]["max_rel_gap_32_steps"] < 1e-2
     if name == "distillation":  # the restored teacher is the one its trial evaluated
         assert findings["teacher_check"]["max_abs_diff_from_recorded"] < 1e-6
+    if name == "mup-transfer":  # muP at its base width is the standard trial, bit for bit
+        assert findings["base_width_check"]["max_abs_loss_diff"] == 0.0
     if name == "kv-cache":  # the cached and the full forward pass generate the same tokens
         assert findings["equal_outputs"]["all_same"]
         assert findings["equal_outputs"]["max_abs_logit_diff"] < 1e-5

@@ -30,7 +30,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def test_run_directory_contract(tmp_path: Path) -> None:
-    cfg = tiny_trial()
+    cfg = tiny_trial(**{"train.checkpoint_every": 15})  # 40 steps: 15, 30, then the final 40
     summary = run_trial(cfg, tmp_path)
     for name in (rf.CONFIG, rf.STATUS, rf.METRICS, rf.SUMMARY, rf.CHECKPOINTS):
         assert (tmp_path / name).exists(), name
@@ -48,6 +48,10 @@ def test_run_directory_contract(tmp_path: Path) -> None:
     evals = [r for r in recs if "eval_loss" in r]
     assert all(r["eval_loss_se"] > 0 for r in evals)  # 2048 eval tokens: 8 batches of 8 x 32
     assert summary["final_eval_loss_se"] == evals[-1]["eval_loss_se"]
+    assert summary["final_train_loss"] == [r for r in recs if "train_loss" in r][-1]["train_loss"]
+    # The finished state is saved even off the checkpoint cadence (two kept: 30 and 40).
+    kept = sorted(int(p.name) for p in (tmp_path / rf.CHECKPOINTS).iterdir() if p.name.isdigit())
+    assert kept == [30, 40]
     # A finished trial is not trained again.
     assert run_trial(cfg, tmp_path) == summary
 
@@ -210,6 +214,8 @@ def test_divergence_is_recorded(tmp_path: Path) -> None:
     status = rf.read_json(tmp_path / rf.STATUS)
     assert status["status"] == "diverged" and "step" in status["error"]
     assert "diverged" in rf.read_jsonl(tmp_path / rf.METRICS)[-1]
+    saved = [int(p.name) for p in (tmp_path / rf.CHECKPOINTS).iterdir() if p.name.isdigit()]
+    assert all(step < summary["diverged_step"] for step in saved)  # a blown-up state is not kept
 
 
 def test_early_stopping(tmp_path: Path) -> None:
