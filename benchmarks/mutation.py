@@ -60,6 +60,10 @@ TARGETS: dict[str, tuple[str, list[str]]] = {
         ["tests/test_fit_identifiability.py", "tests/test_fit.py"],
     ),
     "optimal": ("analysis/optimal.py", ["tests/test_optimal.py"]),
+    "approach": ("analysis/approach.py", ["tests/test_optimal.py"]),
+    "akima": ("analysis/akima.py", ["tests/test_optimal.py"]),
+    "misfit": ("analysis/misfit.py", ["tests/test_fit_table.py", "tests/test_analysis_cli.py"]),
+    "custom": ("analysis/custom.py", ["tests/test_fit_laws.py"]),
     "backtest": ("analysis/backtest.py", ["tests/test_backtest.py"]),
     "diagnostics": (
         "analysis/diagnostics.py",
