@@ -124,3 +124,17 @@ def test_data_constrained_natural_form_matches_log_form_and_chinchilla_without_r
     np.testing.assert_allclose(natural[0], chin, rtol=1e-6)
     # 40 epochs of 1e9 tokens are worth less than 4e10 fresh ones
     assert natural[2] > laws.chinchilla(N[2], D[2], 1.9, 400.0, 600.0, 0.34, 0.3)
+
+
+def test_custom_law_start_specs_for_positive_parameters():
+    """A (low, high) pair is a range (geometric for a positive parameter), anything else a
+    list of start values; a positive parameter's range or values must be above 0, and 0 is
+    not."""
+    from scalinglab.analysis.custom import _start_values
+
+    assert _start_values("L", "A", (1.0, 100.0), 3, True) == pytest.approx([1.0, 10.0, 100.0])
+    assert _start_values("L", "c", [0.0, 1.0, 2.0], 3, False) == [0.0, 1.0, 2.0]
+    assert _start_values("L", "A", [1.0, 2.0], 3, True) == [1.0, 2.0]  # a list of two: values
+    for spec in ((0.0, 10.0), (1.0, 0.0), [0.0, 1.0, 2.0]):
+        with pytest.raises(FitInputError, match="positive|> 0"):
+            _start_values("L", "A", spec, 3, True)

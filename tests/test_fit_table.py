@@ -169,3 +169,17 @@ def test_data_info_read_from_trial_summaries(tmp_path):
     runs = _with_data_info(tmp_path, pd.DataFrame({"trial_id": ["a", "b"]}))
     assert list(runs["entropy_rate"]) == [1.83, 1.83]
     assert list(runs["unique_tokens"]) == [1000, 1000]
+
+
+def test_outliers_are_measured_from_the_median_residual():
+    """A law that is off by 5% everywhere (median residual 0.05) names only the run that is
+    far from that shared offset, not every run (the threshold here is the 1% floor)."""
+    from scalinglab.analysis.misfit import misfit_report
+
+    runs = pd.DataFrame({"N": [1e6, 2e6, 4e6, 8e6, 16e6, 32e6], "D": [1e8] * 6, "loss": [3.0] * 6})
+    runs["trial_id"] = [f"t{i}" for i in range(6)]
+    resid = np.array([0.05, 0.051, 0.049, 0.052, 0.048, 0.25])
+    out, warnings = misfit_report(runs, resid, None, "none", {})
+    assert [o["run"] for o in out["outliers"]] == ["t5"]
+    assert out["outlier_threshold"] == pytest.approx(0.01)
+    assert any("1 run(s) far off the law" in w and "t5" in w for w in warnings)

@@ -461,3 +461,28 @@ def test_compute_optimal_pairs_approach1_with_the_fit_only_for_the_fits_own_rows
     curves = df[["C", "N", "D", "loss"]].copy()
     other = O.compute_optimal(df, approaches=(1,), bootstrap=5, curves=curves)[1]
     assert other.resampled is None
+
+
+def test_reliability_boundary_and_two_draws_are_enough():
+    """An approach with exactly UNRELIABLE_SHARE (10%) unusable resamples is still reliable
+    ("no more than"); two bootstrap draws give a column, one does not."""
+    from scalinglab.analysis.approach import UNRELIABLE_SHARE
+
+    ap = _drawn("p", [0.4, 0.6])
+    ap.unusable_share = UNRELIABLE_SHARE
+    assert ap.reliable and ap.column("a") is not None
+    ap.unusable_share = UNRELIABLE_SHARE + 1e-9
+    assert not ap.reliable
+    assert _drawn("p", [0.4]).column("a") is None
+
+
+def test_predicted_allocation_interval_is_the_draws_power_law_at_that_compute():
+    """N_opt's interval at compute C is the percentile interval of exp(log_kN + a log C) over
+    the draws (by hand here, with two distinct draws)."""
+    s = np.array([[np.log(0.1), 0.5, np.log(2.0), 0.5], [np.log(0.2), 0.4, np.log(1.0), 0.6]])
+    ap = Approach("x", 0.45, 0.55, np.log(0.15), np.log(1.5), s)
+    C = 1e20
+    got = ap.predict(C)
+    N = np.exp(s[:, 0] + s[:, 1] * np.log(C))
+    assert got["N_opt_ci"] == pytest.approx(tuple(np.percentile(N, [2.5, 97.5])), rel=1e-12)
+    assert got["N_opt"] == pytest.approx(0.15 * C**0.45, rel=1e-12)
