@@ -110,8 +110,8 @@ def _slow_for(*names: str) -> list[object]:
     return [pytest.param(f, marks=pytest.mark.slow) if f in names else f for f in FAMILIES]
 
 
-# ResNet's shapes and loss: also tests/test_image_training.py and test_images.py.
-@pytest.mark.parametrize("family", _slow_for("resnet"))
+# ResNet's and T5's shapes and loss: also test_image_training.py and test_bert_t5.py.
+@pytest.mark.parametrize("family", _slow_for("resnet", "t5"))
 def test_output_shapes(family: str) -> None:
     cfg, model, task, params, state = setup(family)
     m = cfg.model

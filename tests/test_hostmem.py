@@ -74,7 +74,10 @@ def test_retain_stops_per_call_page_faults() -> None:
     assert min(retained["faults"][2:]) < 0.05 * retained["temp_pages"]
 
 
-@pytest.mark.parametrize(("d_model", "n_layer", "seq_len"), [(128, 4, 128), (64, 2, 64)])
+@pytest.mark.parametrize(
+    ("d_model", "n_layer", "seq_len"),
+    [pytest.param(128, 4, 128, marks=pytest.mark.slow), (64, 2, 64)],  # the larger: -m slow
+)
 def test_estimate_matches_xla_for_gpt_train_steps(d_model: int, n_layer: int, seq_len: int):
     bench = _load_benchmark()
     cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=4, max_seq_len=seq_len)
